@@ -1,0 +1,1 @@
+"""vireid_jax: unsupervised visible-infrared person re-id (MBCCM) in JAX/Flax."""

@@ -1,0 +1,117 @@
+"""The one configuration tree of vireid_jax.
+
+`base_config()` holds every setting of SPEC.md with the value that produced the published
+SYSU-MM01 numbers; `configs/sysu.py`, `configs/regdb.py` and `configs/demo.py` change only what
+differs for their experiment. Every number here is named after the piece it drives, and the
+comment says where it comes from, so no magic constant needs to live in code.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Paper settings for SYSU-MM01 (SPEC.md); dataset configs override what differs."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # one seed for sampling, augmentation, init and gallery-free randomness
+
+  # --- data (SPEC.md: Data) ---
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'sysu'  # 'sysu' | 'regdb'
+  config.data.root = ''  # folder holding SYSU-MM01/ (raw or Market-style) or RegDB/
+  config.data.layout = 'auto'  # SYSU only: 'raw' (cam1..cam6 + exp/), 'market', or 'auto'
+  config.data.cache_dir = ''  # prepared uint8 arrays; '' -> <root>/vireid_jax_cache
+  config.data.synthetic = False  # True: generate the synthetic set into root when missing
+  config.data.synthetic_ids = 0  # identities of the synthetic set (0 -> generator default)
+  config.data.image_height = 288  # every image resized once to 288x144 (Lanczos)
+  config.data.image_width = 144
+  config.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation
+  config.data.std = (0.229, 0.224, 0.225)
+  config.data.trial = 1  # RegDB split 1..10 (each a separate training run)
+  config.data.num_workers = 0  # image decode processes for `prepare`; 0 -> all cores
+
+  # --- network (SPEC.md: Network) ---
+  config.model = ml_collections.ConfigDict()
+  config.model.stage_sizes = (3, 4, 6, 3)  # ResNet-50 blocks per layer1..layer4
+  config.model.block = 'bottleneck'  # 'bottleneck' (ResNet-50) | 'basic' (ResNet-18 style)
+  config.model.width = 64  # channels of the stem; layer k has width * 2**k (x4 bottleneck)
+  config.model.last_stride = 1  # layer4 stride 1: an 18x9 map for a 288x144 input
+  config.model.gem_p = 3.0  # GeM pooling exponent, fixed
+  config.model.gem_eps = 1e-12  # added inside the GeM mean before the 1/p root
+  config.model.neck_init_std = 0.01  # BN-neck weight ~ N(1, 0.01), bias frozen at 0
+  config.model.pretrained = ''  # torchvision resnet50 .pth / .safetensors / .npz; '' = random
+  config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
+
+  # --- clustering (SPEC.md step 2) ---
+  config.cluster = ml_collections.ConfigDict()
+  config.cluster.k1 = 30  # k-reciprocal neighbours (neighbour table holds k1 columns, self included)
+  config.cluster.k2 = 6  # local query expansion
+  config.cluster.eps = 0.6  # DBSCAN eps: 0.6 SYSU, 0.3 RegDB
+  config.cluster.min_samples = 4  # DBSCAN min_samples
+  config.cluster.on_no_clusters = 'stop'  # a modality with no cluster: 'stop' the run | 'skip' the epoch
+
+  # --- cluster memories (SPEC.md step 4) ---
+  config.memory = ml_collections.ConfigDict()
+  config.memory.temperature = 0.05  # logits = normalise(f) . M^T / 0.05
+  config.memory.momentum = 0.1  # m <- 0.1 m + 0.9 f, then renormalise
+
+  # --- losses (SPEC.md step 7) ---
+  config.loss = ml_collections.ConfigDict()
+  config.loss.alpha = 0.9  # weight of the modality-agnostic terms L_ma
+  config.loss.beta = 0.5  # weight of the consistency terms L_cc
+  config.loss.kl_clamp = 1e-12  # probabilities clamped here inside the symmetric KL
+  # Reference quirk: X_i(f), X_v(f) in L_cc use the UN-normalised feature. False normalises it.
+  config.loss.unnormalized_cross_logits = True
+
+  # --- sampling (SPEC.md step 5) ---
+  config.sampler = ml_collections.ConfigDict()
+  config.sampler.clusters_per_step = 12  # clusters per modality per step
+  config.sampler.instances_per_cluster = 12  # images per cluster (with replacement if <= 12 members)
+  config.sampler.steps_per_epoch = 300  # 300 SYSU, 100 RegDB
+
+  # --- augmentation (SPEC.md step 6) ---
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip_prob = 0.5  # random horizontal flip
+  config.augment.pad = 10  # zero padding before the random crop back to image size
+  config.augment.linear_transform_prob = 0.8  # visible view A: multiplicative rectangles
+  config.augment.erase_prob = 0.5  # random erasing on every view
+  config.augment.erase_area = (0.02, 0.4)  # erased area fraction (also the rectangles' area)
+  config.augment.erase_aspect = 0.3  # aspect in (0.3, 1/0.3)
+  config.augment.erase_tries = 100
+  config.augment.erase_fill = (0.4914, 0.4822, 0.4465)
+  # Reference quirk: the fill is written into the already-normalised image. False fills
+  # with (fill - mean) / std, i.e. the colour the fill values name.
+  config.augment.erase_fill_in_normalized_space = True
+  config.augment.linear_transform_max_rects = 64  # bound on rectangles drawn (the reference loops until a pixel's scale <= 1e-6)
+  config.augment.linear_transform_stop = 1e-6
+  config.augment.infrared_grey_prob = 0.5  # the 4th infrared case converts to grey with p 0.5
+
+  # --- optimiser (SPEC.md step 8) ---
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 3.5e-4
+  config.optim.lr_boundaries = (20, 50, 70)  # epochs where the lr is multiplied by 0.1
+  config.optim.lr_decay = 0.1
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.weight_decay = 5e-4  # L2 added to the gradient (PyTorch Adam, not AdamW)
+
+  # --- schedule ---
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.epochs = 80
+  config.schedule.stage2_start = 40  # epochs 0-39 stage 1, 40-79 stage 2
+  config.schedule.eval_every = 5  # evaluate every 5 epochs, keep best by mAP
+
+  # --- evaluation (SPEC.md: Evaluation protocols) ---
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 256  # feature extraction batch
+  config.eval.flip = False  # average features of the image and its mirror (reference: off)
+  config.eval.sysu_mode = 'all'  # during training: 'all' | 'indoor'
+  config.eval.sysu_shots = 1  # during training: 1 single-shot | 10 multi-shot
+  config.eval.train_trials = (0,)  # gallery draws used by the in-training evaluation (reference: trial 0)
+  config.eval.trials = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # gallery draws for `--mode eval`
+  config.eval.checkpoint = 'best'  # `--mode eval`: 'best', 'latest' or a checkpoint path
+  config.eval.ranklist_queries = 8  # queries drawn in the rank-list image; 0 = none
+  config.eval.max_rank = 20
+
+  config.log_every = 50  # steps between progress-bar metric refreshes
+  return config
