@@ -1,0 +1,379 @@
+"""On-device training augmentation (SPEC.md step 6), jitted JAX over uint8 image batches.
+
+Every view starts from the same kind of uint8 (H, W, 3) image the trainer gathers on the
+device, and follows the reference's torchvision pipeline, each view with its own random draws:
+
+  visible view A: flip, pad + crop, [0, 1], multiplicative rectangles (p 0.8), normalise, erase
+  visible view B: flip, pad + crop, [0, 1], normalise, erase, copy one channel into all three
+  infrared:       flip, pad + crop, [0, 1], normalise, erase, channel copy / grey / unchanged
+
+Views A and B come from the same source image but, as in the reference (two independent
+torchvision pipelines), draw their own flip, crop and everything after. Each random choice
+uses the reference's probability and range; rectangles are built with iota comparisons
+(mask arithmetic) rather than dynamic slices so a batch vectorises with `vmap`.
+
+Faithfulness notes:
+- Padding happens on the uint8 image (torchvision `Pad(10)` on the PIL image), so the border
+  is black, i.e. -mean/std after normalisation.
+- The reference draws rectangles in a Python loop until one fits ("up to 100 tries" for
+  erasing, forever for the multiplicative rectangles); here all candidates are drawn at once
+  and the first that fits is used, which gives the same distribution. At 288x144 about 94%
+  of candidates fit, so `erase_tries` (100) candidates fail together with probability
+  below 1e-120; the multiplicative rectangles use the same number.
+- The multiplicative-rectangles loop stops exactly when the reference does (some pixel's
+  accumulated scale <= `linear_transform_stop`), via a per-sample `lax.while_loop`; under
+  `vmap` the batch runs until its slowest sample stops. `linear_transform_max_rects` only
+  guards against the reference's endless loop on an all-black image: a faithful numpy rerun
+  of the reference rule on padded-and-cropped 288x144 images draws 11-13 rectangles on
+  average (10.6 on noise, 11.4 on smooth blocks, 12.8 on flat grey; p99 about 25, P(> 32)
+  about 6e-4, the most 40 in 22,000 runs), so a bound of 64 leaves the distribution
+  unchanged in practice.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+# Luma weights of the reference's grey conversion (`ChannelAdapGray`; MATLAB rgb2gray's Rec. 601).
+GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Hashable augmentation settings (a static argument of the jitted functions).
+
+  Field meanings and defaults follow `config.augment` in vireid_jax/config.py.
+  """
+
+  flip_prob: float = 0.5
+  pad: int = 10
+  linear_transform_prob: float = 0.8
+  erase_prob: float = 0.5
+  erase_area: Tuple[float, float] = (0.02, 0.4)
+  erase_aspect: float = 0.3
+  erase_tries: int = 100
+  erase_fill: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+  erase_fill_in_normalized_space: bool = True
+  linear_transform_max_rects: int = 64
+  linear_transform_stop: float = 1e-6
+  infrared_grey_prob: float = 0.5
+
+  def __post_init__(self):
+    lo, hi = self.erase_area
+    if not 0 < lo <= hi <= 1:
+      raise ValueError(f'augment.erase_area must satisfy 0 < lo <= hi <= 1, got {self.erase_area}')
+    if not 0 < self.erase_aspect <= 1:
+      raise ValueError(f'augment.erase_aspect must be in (0, 1] (aspect range is '
+                       f'(a, 1/a)), got {self.erase_aspect}')
+    if self.pad < 0 or self.erase_tries < 1 or self.linear_transform_max_rects < 1:
+      raise ValueError('augment.pad must be >= 0, augment.erase_tries and '
+                       'augment.linear_transform_max_rects >= 1; got '
+                       f'{self.pad}, {self.erase_tries}, {self.linear_transform_max_rects}')
+    if len(self.erase_fill) != 3:
+      raise ValueError(f'augment.erase_fill needs 3 values (R, G, B), got {self.erase_fill}')
+
+  @classmethod
+  def from_config(cls, augment_config) -> 'AugmentConfig':
+    """Builds it from `config.augment` (a ConfigDict or any object with those attributes)."""
+    return cls(
+        flip_prob=float(augment_config.flip_prob),
+        pad=int(augment_config.pad),
+        linear_transform_prob=float(augment_config.linear_transform_prob),
+        erase_prob=float(augment_config.erase_prob),
+        erase_area=tuple(float(a) for a in augment_config.erase_area),
+        erase_aspect=float(augment_config.erase_aspect),
+        erase_tries=int(augment_config.erase_tries),
+        erase_fill=tuple(float(f) for f in augment_config.erase_fill),
+        erase_fill_in_normalized_space=bool(augment_config.erase_fill_in_normalized_space),
+        linear_transform_max_rects=int(augment_config.linear_transform_max_rects),
+        linear_transform_stop=float(augment_config.linear_transform_stop),
+        infrared_grey_prob=float(augment_config.infrared_grey_prob),
+    )
+
+
+# --- pixel scaling ---------------------------------------------------------------------------
+
+def to_unit(images: jax.Array) -> jax.Array:
+  """uint8 (..., 3) -> float32 in [0, 1] (torchvision `ToTensor`)."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def standardize(unit_images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """float32 (..., 3) in [0, 1] -> (x - mean) / std (torchvision `Normalize`)."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (unit_images - mean) / std
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """uint8 (B, H, W, 3) -> normalised float32 (B, H, W, 3); the eval-time input too."""
+  return standardize(to_unit(images), mean, std)
+
+
+# --- random draws ----------------------------------------------------------------------------
+# Each operation draws all its variates with one `uniform` call: every PRNG call inlines a
+# threefry hash, and fewer of them keep the compiled graph (and its compile time) small.
+
+def _random_index(u: jax.Array, n) -> jax.Array:
+  """floor(u * n) for u ~ U[0, 1): an integer uniform in {0, ..., n - 1}; n may be traced."""
+  return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+
+
+def _beta_half(u: jax.Array) -> jax.Array:
+  """Beta(0.5, 0.5) from U ~ U[0, 1): the arcsine law is exactly sin^2(pi U / 2)."""
+  return jnp.sin(0.5 * math.pi * u) ** 2
+
+
+# --- geometry --------------------------------------------------------------------------------
+
+def flip_pad_crop(rng: jax.Array, image: jax.Array, flip_prob: float, pad: int) -> jax.Array:
+  """Random horizontal flip, zero padding by `pad`, random crop back to the input size.
+
+  Args:
+    rng: PRNG key.
+    image: (H, W, C) any dtype; padding uses 0 (black for uint8).
+  Returns:
+    (H, W, C), same dtype: output[y, x] = flipped[y + top - pad, x + left - pad], 0 outside,
+    with top, left uniform in {0, ..., 2 pad} (torchvision `RandomCrop` on the padded image).
+  """
+  if flip_prob <= 0 and pad == 0:  # static: the identity
+    return image
+  height, width = image.shape[:2]
+  u = jax.random.uniform(rng, (3,))
+  flip = u[0] < flip_prob
+  top = _random_index(u[1], 2 * pad + 1)
+  left = _random_index(u[2], 2 * pad + 1)
+  rows = jnp.arange(height) + top - pad  # (H,) source rows of the flipped image
+  cols = jnp.arange(width) + left - pad  # (W,) source columns of the flipped image
+  inside = (((rows >= 0) & (rows < height))[:, None]
+            & ((cols >= 0) & (cols < width))[None, :])  # (H, W)
+  cols = jnp.where(flip, width - 1 - cols, cols)
+  crop = image[jnp.clip(rows, 0, height - 1)][:, jnp.clip(cols, 0, width - 1)]
+  return jnp.where(inside[..., None], crop, jnp.zeros_like(crop))
+
+
+def _rectangle_from_uniforms(u: jax.Array, height: int, width: int,
+                             area_range: Tuple[float, float],
+                             min_aspect: float) -> Tuple[jax.Array, ...]:
+  """`sample_rectangle` from u (2 tries + 2,) ~ U[0, 1)."""
+  tries = (u.shape[0] - 2) // 2
+  lo, hi = area_range
+  area = (lo + (hi - lo) * u[:tries]) * (height * width)
+  aspect = min_aspect + (1.0 / min_aspect - min_aspect) * u[tries:2 * tries]
+  # jnp.round rounds half to even, as Python's round does.
+  h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (h < height) & (w < width)  # (tries,)
+  first = jnp.argmax(fits)
+  found = fits[first]
+  h = jnp.where(found, h[first], 0)
+  w = jnp.where(found, w[first], 0)
+  top = _random_index(u[-2], height - h + 1)
+  left = _random_index(u[-1], width - w + 1)
+  return top, left, h, w, found
+
+
+def sample_rectangle(rng: jax.Array, height: int, width: int, area_range: Tuple[float, float],
+                     min_aspect: float, tries: int) -> Tuple[jax.Array, ...]:
+  """A random rectangle as the reference's erasing draws it, all tries at once.
+
+  Each try draws area ~ U(area_range) * H * W and aspect ~ U(min_aspect, 1 / min_aspect),
+  h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)); the first try with h < H
+  and w < W is placed with its top-left corner uniform over the positions where it fits.
+
+  Returns:
+    (top, left, h, w, found): int32 scalars and a bool scalar (False when no try fits, in
+    which case the rectangle is empty).
+  """
+  u = jax.random.uniform(rng, (2 * tries + 2,))
+  return _rectangle_from_uniforms(u, height, width, area_range, min_aspect)
+
+
+def rectangle_mask(height: int, width: int, top, left, h, w) -> jax.Array:
+  """(H, W) bool, True inside rows [top, top + h) and columns [left, left + w)."""
+  rows = jnp.arange(height)[:, None]
+  cols = jnp.arange(width)[None, :]
+  return (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+
+
+def _rectangle_mask_from_uniforms(u: jax.Array, height: int, width: int,
+                                  cfg: AugmentConfig) -> jax.Array:
+  top, left, h, w, _ = _rectangle_from_uniforms(u, height, width, cfg.erase_area,
+                                                cfg.erase_aspect)
+  return rectangle_mask(height, width, top, left, h, w)
+
+
+# --- photometric -----------------------------------------------------------------------------
+
+def multiply_rectangles(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
+                        active: jax.Array | bool = True
+                        ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """The loop of the reference's `LinearTransform` on one [0, 1] image.
+
+  Repeats: draw a rectangle; for each channel whose current maximum inside it is > 0, multiply
+  that channel inside it by Beta(0.5, 0.5) / (that maximum), so the new maximum is the Beta
+  draw; track the product of factors per pixel; stop once any pixel's product is
+  <= `linear_transform_stop` (or after `linear_transform_max_rects` rectangles, which only an
+  image with (almost) no positive pixel reaches; the reference would loop forever there).
+
+  Args:
+    rng: PRNG key.
+    image: (H, W, 3) float32 in [0, 1].
+    active: bool scalar; False returns the image untouched with no rectangle drawn (a
+      sample that starts done costs no extra loop iteration under `vmap`).
+  Returns:
+    (image (H, W, 3) float32 in [0, 1], scale (H, W, 3) float32 accumulated factors,
+    num_rects int32 scalar).
+  """
+  height, width = image.shape[:2]
+  num_rect_uniforms = 2 * cfg.erase_tries + 2
+
+  def not_done(state):
+    count, _, _, done = state
+    return (~done) & (count < cfg.linear_transform_max_rects)
+
+  def add_rectangle(state):
+    count, image, scale, _ = state
+    u = jax.random.uniform(jax.random.fold_in(rng, count), (num_rect_uniforms + 3,))
+    mask = _rectangle_mask_from_uniforms(u[:num_rect_uniforms], height, width, cfg)
+    mask = mask[..., None]  # (H, W, 1)
+    region_max = jnp.max(jnp.where(mask, image, 0.0), axis=(0, 1))  # (3,); image >= 0
+    beta = _beta_half(u[num_rect_uniforms:])  # (3,) one draw per channel
+    alpha = jnp.where(region_max > 0, beta / region_max, 1.0)
+    factor = jnp.where(mask, alpha, 1.0)  # (H, W, 3)
+    scale = scale * factor
+    return count + 1, image * factor, scale, jnp.min(scale) <= cfg.linear_transform_stop
+
+  init = (jnp.int32(0), image, jnp.ones_like(image), ~jnp.asarray(active, jnp.bool_))
+  num_rects, image, scale, _ = jax.lax.while_loop(not_done, add_rectangle, init)
+  return image, scale, num_rects
+
+
+def linear_transform(rng: jax.Array, image: jax.Array, cfg: AugmentConfig) -> jax.Array:
+  """`multiply_rectangles` with probability `linear_transform_prob`, else the image as is.
+
+  Under `vmap` the loop runs until the batch's slowest applied sample stops; samples that
+  skip the transform start as done.
+
+  Args:
+    rng: PRNG key.
+    image: (H, W, 3) float32 in [0, 1].
+  Returns:
+    (H, W, 3) float32 in [0, 1].
+  """
+  if cfg.linear_transform_prob <= 0:  # static: leave the loop out of the compiled graph
+    return image
+  k_apply, k_loop = jax.random.split(rng)
+  apply = jax.random.uniform(k_apply) < cfg.linear_transform_prob
+  return multiply_rectangles(k_loop, image, cfg, active=apply)[0]
+
+
+def random_erasing(rng: jax.Array, image: jax.Array, fill: jax.Array,
+                   cfg: AugmentConfig) -> jax.Array:
+  """With probability `erase_prob`, fills one random rectangle of a normalised image.
+
+  Args:
+    rng: PRNG key.
+    image: (H, W, 3) float32, normalised.
+    fill: (3,) float32 value written per channel (already in the image's space).
+  Returns:
+    (H, W, 3) float32.
+  """
+  if cfg.erase_prob <= 0:  # static: nothing to compile
+    return image
+  height, width = image.shape[:2]
+  u = jax.random.uniform(rng, (2 * cfg.erase_tries + 3,))
+  apply = u[0] < cfg.erase_prob
+  mask = _rectangle_mask_from_uniforms(u[1:], height, width, cfg) & apply
+  return jnp.where(mask[..., None], fill, image)
+
+
+def copy_channel(image: jax.Array, channel) -> jax.Array:
+  """(..., 3) -> (..., 3) with every channel equal to channel `channel` (0 R, 1 G, 2 B)."""
+  source = jnp.take(image, channel, axis=-1)[..., None]
+  return jnp.broadcast_to(source, image.shape)
+
+
+def to_grey(image: jax.Array) -> jax.Array:
+  """(..., 3) -> (..., 3) with every channel 0.2989 R + 0.5870 G + 0.1140 B."""
+  grey = (GREY_WEIGHTS[0] * image[..., 0] + GREY_WEIGHTS[1] * image[..., 1]
+          + GREY_WEIGHTS[2] * image[..., 2])[..., None]
+  return jnp.broadcast_to(grey, image.shape)
+
+
+def erase_fill_value(cfg: AugmentConfig, mean: Sequence[float],
+                     std: Sequence[float]) -> jax.Array:
+  """(3,) float32 value random erasing writes into the normalised image."""
+  fill = jnp.asarray(cfg.erase_fill, jnp.float32)
+  if cfg.erase_fill_in_normalized_space:  # reference quirk: raw values in normalised space
+    return fill
+  return (fill - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+# --- the three views (one image each) --------------------------------------------------------
+
+def augment_visible_a(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
+                      mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Visible view A of one uint8 (H, W, 3) image -> normalised (H, W, 3) float32."""
+  k_geom, k_linear, k_erase = jax.random.split(rng, 3)
+  unit = to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad))
+  unit = linear_transform(k_linear, unit, cfg)
+  normed = standardize(unit, mean, std)
+  return random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
+
+
+def augment_visible_b(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
+                      mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Visible view B: erase, then one channel (R, G or B uniformly) copied into all three."""
+  k_geom, k_erase, k_channel = jax.random.split(rng, 3)
+  normed = standardize(to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad)), mean, std)
+  normed = random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
+  return copy_channel(normed, _random_index(jax.random.uniform(k_channel), 3))
+
+
+def augment_infrared(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
+                     mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Infrared view: erase, then copy R, G or B (1/4 each), else grey with `infrared_grey_prob`."""
+  k_geom, k_erase, k_channel = jax.random.split(rng, 3)
+  normed = standardize(to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad)), mean, std)
+  normed = random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
+  u = jax.random.uniform(k_channel, (2,))
+  case = _random_index(u[0], 4)  # 0, 1, 2: copy that channel; 3: grey or unchanged
+  grey = u[1] < cfg.infrared_grey_prob
+  copied = copy_channel(normed, jnp.minimum(case, 2))
+  out = jnp.where(case < 3, copied, normed)
+  return jnp.where((case == 3) & grey, to_grey(normed), out)
+
+
+@functools.partial(jax.jit, static_argnames=('aug_cfg',))
+def augment_batch(rng: jax.Array, visible: jax.Array, infrared: jax.Array,
+                  aug_cfg: AugmentConfig, mean: Sequence[float],
+                  std: Sequence[float]) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """The three training views of a step, every sample with its own random draws.
+
+  Args:
+    rng: PRNG key for this step.
+    visible: (B, H, W, 3) uint8, the sampled visible images.
+    infrared: (B', H, W, 3) uint8, the sampled infrared images (B' = B in training).
+    aug_cfg: `AugmentConfig.from_config(config.augment)` (static).
+    mean, std: per-channel normalisation, e.g. `config.data.mean`, `config.data.std`.
+  Returns:
+    (view_a (B, H, W, 3), view_b (B, H, W, 3), infrared_view (B', H, W, 3)), float32,
+    normalised; view A and view B of row i both come from visible[i].
+  """
+  if visible.dtype != jnp.uint8 or infrared.dtype != jnp.uint8:
+    raise TypeError('augment_batch expects uint8 images (the prepared arrays), got '
+                    f'{visible.dtype} and {infrared.dtype}')
+  k_a, k_b, k_ir = jax.random.split(rng, 3)
+
+  def per_sample(fn, key, images):
+    keys = jax.random.split(key, images.shape[0])
+    return jax.vmap(lambda k, x: fn(k, x, aug_cfg, mean, std))(keys, images)
+
+  return (per_sample(augment_visible_a, k_a, visible),
+          per_sample(augment_visible_b, k_b, visible),
+          per_sample(augment_infrared, k_ir, infrared))

@@ -1,0 +1,310 @@
+"""Cluster memories: one L2-normalised centre per cluster, scored by features, updated by momentum.
+
+SPEC.md step 4. Four memories are rebuilt from the cluster centres every epoch:
+
+  visible            M_v   (K_v, C)  visible centres, labelled by visible cluster
+  infrared           M_i   (K_i, C)  infrared centres, labelled by infrared cluster
+  agnostic_visible   M_vi  (K_v, C)  starts as the visible centres; scored by both modalities
+  agnostic_infrared  M_iv  (K_i, C)  starts as the infrared centres; scored by both modalities
+
+Logits of a memory are normalise(f) . M^T / temperature. After every optimiser step each memory
+takes the normalised features it scored, one sample at a time in a fixed order:
+m_y <- momentum * m_y + (1 - momentum) * f, then m_y <- m_y / |m_y|.
+
+Tables may be padded to a fixed capacity (so the jitted step compiles once per capacity, not per
+cluster count): rows at and after `num_visible` / `num_infrared` are padding and are masked out
+of every logit.
+"""
+
+import functools
+from typing import Optional, Union
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# F.normalize's eps in the reference: features are divided by max(|f|, 1e-12).
+_NORMALIZE_EPS = 1e-12
+
+ArrayLike = Union[jax.Array, np.ndarray]
+
+
+def normalize(x: jax.Array) -> jax.Array:
+  """Rows of `x` divided by max(|row|, 1e-12) (torch F.normalize), in float32."""
+  x = x.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, _NORMALIZE_EPS)
+
+
+@flax.struct.dataclass
+class Memories:
+  """The four cluster memories of an epoch, a pytree that the jitted step carries.
+
+  Attributes:
+    visible: (K_v, C) float32 M_v.
+    infrared: (K_i, C) float32 M_i.
+    agnostic_visible: (K_v, C) float32 M_vi, labelled by visible cluster.
+    agnostic_infrared: (K_i, C) float32 M_iv, labelled by infrared cluster.
+    num_visible: () int32 real visible clusters; rows from here on are padding.
+    num_infrared: () int32 real infrared clusters.
+  """
+
+  visible: jax.Array
+  infrared: jax.Array
+  agnostic_visible: jax.Array
+  agnostic_infrared: jax.Array
+  num_visible: jax.Array
+  num_infrared: jax.Array
+
+  @classmethod
+  def from_centers(cls, centers_visible: ArrayLike, centers_infrared: ArrayLike,
+                   num_visible: Optional[int] = None,
+                   num_infrared: Optional[int] = None) -> 'Memories':
+    """Builds the four memories of an epoch from the cluster centres.
+
+    Args:
+      centers_visible: (K_v, C) visible cluster centres (rows are L2-normalised here; all-zero
+        padding rows stay zero).
+      centers_infrared: (K_i, C) infrared cluster centres.
+      num_visible: real visible clusters when the table is padded; None = every row is real.
+      num_infrared: the same for the infrared table.
+
+    Returns:
+      Memories with M_vi starting as the visible and M_iv as the infrared centres.
+    """
+    visible = _normalize_rows(centers_visible)
+    infrared = _normalize_rows(centers_infrared)
+    num_visible = visible.shape[0] if num_visible is None else num_visible
+    num_infrared = infrared.shape[0] if num_infrared is None else num_infrared
+    for name, num, table in (('num_visible', num_visible, visible),
+                             ('num_infrared', num_infrared, infrared)):
+      if not 0 < num <= table.shape[0]:
+        raise ValueError(f'{name} = {num} must lie in [1, {table.shape[0]}] (the table rows)')
+    # Separate copies, so that donating the memories to the jitted step never donates one
+    # buffer twice.
+    return cls(visible=visible, infrared=infrared, agnostic_visible=jnp.array(visible),
+               agnostic_infrared=jnp.array(infrared),
+               num_visible=jnp.asarray(num_visible, jnp.int32),
+               num_infrared=jnp.asarray(num_infrared, jnp.int32))
+
+
+def _normalize_rows(centers: ArrayLike) -> jax.Array:
+  centers = jnp.asarray(centers, jnp.float32)
+  if centers.ndim != 2:
+    raise ValueError(f'cluster centres must be (K, C), got shape {centers.shape}')
+  norm = jnp.sqrt(jnp.sum(centers * centers, axis=1, keepdims=True))
+  return jnp.where(norm > 0, centers / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+@jax.custom_vjp
+def _scores_with_backward_centers(features, centers, backward_centers):
+  return jnp.matmul(features, centers.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _scores_fwd(features, centers, backward_centers):
+  return _scores_with_backward_centers(features, centers, backward_centers), (centers,
+                                                                               backward_centers)
+
+
+def _scores_bwd(residuals, grad_scores):
+  centers, backward_centers = residuals
+  grad_features = jnp.matmul(grad_scores, backward_centers, precision=jax.lax.Precision.HIGHEST)
+  return grad_features, jnp.zeros_like(centers), jnp.zeros_like(backward_centers)
+
+
+_scores_with_backward_centers.defvjp(_scores_fwd, _scores_bwd)
+
+
+def memory_logits(features: jax.Array, centers: jax.Array, temperature: float, *,
+                  num_valid: Optional[ArrayLike] = None, normalize_features: bool = True,
+                  backward_centers: Optional[jax.Array] = None) -> jax.Array:
+  """Scores of features against a memory: normalise(f) . M^T / temperature.
+
+  No gradient flows into the centres (the reference keeps them in a buffer); the gradient with
+  respect to `features` flows through the normalisation.
+
+  Args:
+    features: (B, C) features (any float dtype; computed in float32).
+    centers: (K, C) float32 memory table.
+    temperature: the softmax temperature (0.05).
+    num_valid: () int, real rows of a padded table; columns from here on get -inf. None = all.
+    normalize_features: False scores the raw feature (the reference's X_i / X_v cross logits).
+    backward_centers: (K, C) table used for the gradient with respect to the features instead
+      of `centers` (forward values are unchanged). This reproduces the reference, whose
+      backward pass reads a memory that earlier backward nodes already updated in place.
+
+  Returns:
+    (B, K) float32 logits.
+  """
+  f = normalize(features) if normalize_features else features.astype(jnp.float32)
+  centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
+  if backward_centers is None:
+    scores = jnp.matmul(f, centers.T, precision=jax.lax.Precision.HIGHEST)
+  else:
+    backward_centers = jax.lax.stop_gradient(backward_centers.astype(jnp.float32))
+    scores = _scores_with_backward_centers(f, centers, backward_centers)
+  logits = scores / temperature
+  if num_valid is not None:
+    valid = jnp.arange(centers.shape[0]) < num_valid
+    logits = jnp.where(valid[None, :], logits, -jnp.inf)
+  return logits
+
+
+def _momentum_step(rows: jax.Array, features: jax.Array, momentum: float) -> jax.Array:
+  """m <- momentum * m + (1 - momentum) * f, then m / |m| (no eps, as the reference)."""
+  rows = momentum * rows + (1.0 - momentum) * features
+  return rows / jnp.sqrt(jnp.sum(rows * rows, axis=-1, keepdims=True))
+
+
+def update_memory_sequential(centers: jax.Array, features: jax.Array, labels: jax.Array,
+                             momentum: float) -> jax.Array:
+  """The momentum update exactly as the reference loops: one sample at a time (lax.scan).
+
+  What `update_memory_by_rank` is tested against, and the default on CPU: one row is read and
+  written per sample (in place in the scan carry), so the cost is O(N * C) however large the
+  table is.
+
+  Args:
+    centers: (K, C) float32 memory table.
+    features: (N, C) features, normalised here before they are written.
+    labels: (N,) int memory row of each sample; a label outside [0, K) skips the sample.
+    momentum: weight of the old row (0.1).
+
+  Returns:
+    (K, C) float32 updated table.
+  """
+  centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
+  features = normalize(jax.lax.stop_gradient(features))
+  num_rows = centers.shape[0]
+
+  def step(table, sample):
+    feature, label = sample
+    row_index = jnp.clip(label, 0, num_rows - 1)
+    row = jax.lax.dynamic_index_in_dim(table, row_index, keepdims=False)
+    new_row = jnp.where((label >= 0) & (label < num_rows),
+                        _momentum_step(row, feature, momentum), row)
+    return jax.lax.dynamic_update_index_in_dim(table, new_row, row_index, 0), None
+
+  centers, _ = jax.lax.scan(step, centers, (features, labels.astype(jnp.int32)))
+  return centers
+
+
+def update_memory_by_rank(centers: jax.Array, features: jax.Array, labels: jax.Array,
+                          momentum: float) -> jax.Array:
+  """The sequential momentum update, computed one occurrence rank at a time.
+
+  A row's update depends only on the samples carrying its label, in batch order; rows never
+  interact. So round r updates, at once, every row whose label has an r-th sample in the batch,
+  with exactly the per-row arithmetic of the sequential loop. The loop runs max-occurrences
+  rounds (about 12-36 for a batch of 12 clusters x 12 images) instead of N, but each round
+  touches min(N, K) rows: the right trade on an accelerator, where a loop iteration costs far
+  more than its few small kernels, and the wrong one on a CPU.
+
+  Args:
+    centers: (K, C) float32 memory table.
+    features: (N, C) features, normalised here before they are written.
+    labels: (N,) int memory row of each sample; a label outside [0, K) skips the sample.
+    momentum: weight of the old row (0.1).
+
+  Returns:
+    (K, C) float32 updated table; equal to `update_memory_sequential` to float32 rounding.
+  """
+  centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
+  features = normalize(jax.lax.stop_gradient(features))
+  num_rows, num_samples = centers.shape[0], features.shape[0]
+  labels = labels.astype(jnp.int32)
+  # Skipped samples get key K so they sort after every real row.
+  keys = jnp.where((labels >= 0) & (labels < num_rows), labels, num_rows)
+  order = jnp.argsort(keys, stable=True)  # groups by label, batch order inside each group
+  sorted_keys = keys[order]
+  is_first = jnp.concatenate([jnp.ones((1,), bool), sorted_keys[1:] != sorted_keys[:-1]])
+  num_groups = min(num_samples, num_rows)  # distinct real labels cannot exceed either
+  (group_start,) = jnp.nonzero(is_first, size=num_groups, fill_value=num_samples)
+  group_label = jnp.where(group_start < num_samples,
+                          sorted_keys[jnp.minimum(group_start, num_samples - 1)], num_rows)
+  group_count = jnp.searchsorted(sorted_keys, group_label, side='right',
+                                 method='compare_all') - group_start
+  group_count = jnp.where(group_label < num_rows, group_count, 0)
+
+  def round_(r, rows):
+    sample = order[jnp.minimum(group_start + r, num_samples - 1)]
+    return jnp.where((r < group_count)[:, None],
+                     _momentum_step(rows, features[sample], momentum), rows)
+
+  rows = centers[jnp.minimum(group_label, num_rows - 1)]
+  rows = jax.lax.fori_loop(0, jnp.max(group_count), round_, rows)
+  # Padding groups carry label K and are dropped; real labels are distinct, so no collisions.
+  return centers.at[group_label].set(rows, mode='drop')
+
+
+def update_memory(centers: jax.Array, features: jax.Array, labels: jax.Array, momentum: float,
+                  *, method: str = 'auto') -> jax.Array:
+  """Momentum-updates `centers` with each (normalised feature, label), one at a time, in order.
+
+  m_y <- momentum * m_y + (1 - momentum) * normalise(f), then m_y <- m_y / |m_y|.
+
+  Args:
+    centers: (K, C) float32 memory table.
+    features: (N, C) features, normalised here before they are written.
+    labels: (N,) int memory row of each sample; a label outside [0, K) skips the sample.
+    momentum: weight of the old row (0.1).
+    method: 'sequential' (lax.scan over samples), 'by_rank' (lax loop over occurrence ranks),
+      or 'auto': sequential on CPU, by_rank on GPU/TPU. Both give the same result to float32
+      rounding.
+
+  Returns:
+    (K, C) float32 updated table.
+  """
+  if method == 'auto':
+    method = 'sequential' if jax.default_backend() == 'cpu' else 'by_rank'
+  if method == 'sequential':
+    return update_memory_sequential(centers, features, labels, momentum)
+  if method == 'by_rank':
+    return update_memory_by_rank(centers, features, labels, momentum)
+  raise ValueError(f"method must be 'auto', 'sequential' or 'by_rank', got {method!r}")
+
+
+# Which memory takes which (feature, label) sequence, in which order. The reference updates a
+# memory inside the backward pass of each call that scored it, and autograd runs those backward
+# nodes in reverse order of the forward calls (checked on the reference's autograd graph):
+#   forward calls:  M_v(f_a), M_v(f_b), M_i(f_r), [stage 2:] M_vi(f_a), M_vi(f_b), M_vi(f_r),
+#                   M_iv(f_a), M_iv(f_b), M_iv(f_r)
+#   updates:        M_v  <- f_b, then f_a        (labels y_v)
+#                   M_i  <- f_r                  (labels y_i)
+#                   M_vi <- f_r, f_b, then f_a   (labels y_v; stage 2 only)
+#                   M_iv <- f_r, f_b, then f_a   (labels y_i; stage 2 only)
+# In stage 1 the agnostic memories are never scored, so they are not updated.
+def update_memories(memories: Memories, f_a: jax.Array, f_b: jax.Array, f_r: jax.Array,
+                    y_v: jax.Array, y_i: jax.Array, stage: int, momentum: float, *,
+                    method: str = 'auto') -> Memories:
+  """Momentum-updates every memory with the samples it scored this step, in reference order.
+
+  Args:
+    memories: the memories the step's logits were computed with.
+    f_a: (B, C) visible view A training features (un-normalised).
+    f_b: (B, C) visible view B training features.
+    f_r: (B, C) infrared training features.
+    y_v: (B,) int32 visible cluster label of each pair position.
+    y_i: (B,) int32 infrared cluster label of each pair position.
+    stage: 1 or 2 (a Python int; stage 1 leaves the agnostic memories alone).
+    momentum: weight of the old row (0.1).
+    method: how each table is updated, see `update_memory`.
+
+  Returns:
+    The updated Memories.
+  """
+  if stage not in (1, 2):
+    raise ValueError(f'stage must be 1 or 2, got {stage!r}')
+  update = functools.partial(update_memory, momentum=momentum, method=method)
+  visible = update(memories.visible, jnp.concatenate([f_b, f_a]), jnp.concatenate([y_v, y_v]))
+  infrared = update(memories.infrared, f_r, y_i)
+  if stage == 1:
+    return memories.replace(visible=visible, infrared=infrared)
+  all_features = jnp.concatenate([f_r, f_b, f_a])
+  agnostic_visible = update(memories.agnostic_visible, all_features,
+                            jnp.concatenate([y_v, y_v, y_v]))
+  agnostic_infrared = update(memories.agnostic_infrared, all_features,
+                             jnp.concatenate([y_i, y_i, y_i]))
+  return memories.replace(visible=visible, infrared=infrared, agnostic_visible=agnostic_visible,
+                          agnostic_infrared=agnostic_infrared)
