@@ -1,0 +1,23 @@
+"""Evaluation of re-id features: SYSU-MM01 and RegDB protocols, reports, rank lists.
+
+`metrics` scores one distance matrix (fractions); `protocols` runs the standard test protocols
+on extracted features and returns results in percent; `report` writes JSON, Markdown and a CMC
+plot; `ranklist` draws queries beside their top-ranked gallery images.
+"""
+
+from vireid_jax.evaluation.metrics import eval_regdb
+from vireid_jax.evaluation.metrics import eval_sysu
+from vireid_jax.evaluation.metrics import sysu_drop_mask
+from vireid_jax.evaluation.protocols import aggregate_files
+from vireid_jax.evaluation.protocols import aggregate_trials
+from vireid_jax.evaluation.protocols import evaluate_regdb
+from vireid_jax.evaluation.protocols import evaluate_sysu
+from vireid_jax.evaluation.protocols import gallery_indices
+from vireid_jax.evaluation.protocols import METRIC_KEYS
+from vireid_jax.evaluation.protocols import REGDB_SETTINGS
+from vireid_jax.evaluation.protocols import setting_name
+from vireid_jax.evaluation.ranklist import choose_queries
+from vireid_jax.evaluation.ranklist import save_ranklist
+from vireid_jax.evaluation.report import markdown_table
+from vireid_jax.evaluation.report import plot_cmc
+from vireid_jax.evaluation.report import write_results

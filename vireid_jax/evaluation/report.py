@@ -1,0 +1,107 @@
+"""Results people read: a JSON file, a Markdown table to paste into a paper, a CMC plot.
+
+All take the result dicts of `protocols` (numbers in percent).
+"""
+
+import json
+import os
+from typing import Dict, Tuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_COLUMNS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'),
+            ('rank20', 'Rank-20'), ('mAP', 'mAP'), ('mINP', 'mINP'))
+
+
+def display_name(result: dict) -> str:
+  """'SYSU-MM01 all-search single-shot', 'RegDB visible-to-thermal', ..."""
+  if result['dataset'] == 'sysu':
+    shots = {1: 'single-shot', 10: 'multi-shot'}.get(result['shots'], f'{result["shots"]}-shot')
+    return f'SYSU-MM01 {result["mode"]}-search {shots}'
+  if result['dataset'] == 'regdb':
+    return f'RegDB {result["query_modality"]}-to-{result["gallery_modality"]}'
+  return f'{result["dataset"]} {result["setting"]}'
+
+
+def markdown_table(results: Dict[str, dict]) -> str:
+  """A Markdown table, one row per setting: mean ± std over trials, in percent."""
+  columns = [(key, title) for key, title in _COLUMNS
+             if any(key in result['mean'] for result in results.values())]
+  lines = ['| Setting | Trials | ' + ' | '.join(title for _, title in columns) + ' |',
+           '|---|---|' + '---|' * len(columns)]
+  for result in results.values():
+    trials = len(result['per_trial'])
+    cells = []
+    for key, _ in columns:
+      if key not in result['mean']:
+        cells.append('-')
+      elif trials > 1:
+        cells.append(f'{result["mean"][key]:.2f} ± {result["std"][key]:.2f}')
+      else:
+        cells.append(f'{result["mean"][key]:.2f}')
+    lines.append(f'| {display_name(result)} | {_trial_list(result["trials"])} | '
+                 + ' | '.join(cells) + ' |')
+  lines.append('')
+  lines.append('Percent. With several trials: mean ± sample standard deviation over them '
+               '(SYSU-MM01: random gallery draws; RegDB: separate training runs on each split).')
+  return '\n'.join(lines) + '\n'
+
+
+def write_results(results: Dict[str, dict], out_dir: str, name: str) -> Tuple[str, str]:
+  """Writes `<out_dir>/<name>.json` (everything) and `<out_dir>/<name>.md` (the table).
+
+  Returns:
+    (json_path, markdown_path).
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  json_path = os.path.join(out_dir, f'{name}.json')
+  markdown_path = os.path.join(out_dir, f'{name}.md')
+  with open(json_path, 'w') as f:
+    json.dump(results, f, indent=2)
+    f.write('\n')
+  with open(markdown_path, 'w') as f:
+    f.write(markdown_table(results))
+  return json_path, markdown_path
+
+
+def plot_cmc(results: Dict[str, dict], path: str) -> str:
+  """Writes a PNG of every setting's CMC curve (mean over trials, ± std band if several)."""
+  figure = Figure(figsize=(6.4, 4.4), dpi=120)
+  FigureCanvasAgg(figure)
+  axes = figure.add_subplot(1, 1, 1)
+  for result in results.values():
+    ranks = np.arange(1, len(result['cmc']) + 1)
+    label = (f'{display_name(result)} (R1 {result["mean"]["rank1"]:.1f}, '
+             f'mAP {result["mean"]["mAP"]:.1f})')
+    line, = axes.plot(ranks, result['cmc'], marker='o', markersize=3, label=label)
+    if len(result['per_trial']) > 1:
+      curves = np.array([entry['cmc'] for entry in result['per_trial']])
+      spread = curves.std(axis=0, ddof=1)
+      axes.fill_between(ranks, curves.mean(axis=0) - spread, curves.mean(axis=0) + spread,
+                        color=line.get_color(), alpha=0.2, linewidth=0)
+  axes.set_xlabel('Rank')
+  axes.set_ylabel('Matching rate (%)')
+  axes.set_title('CMC')
+  max_rank = max(len(result['cmc']) for result in results.values())
+  axes.set_xlim(1, max_rank)
+  axes.set_xticks([1] + list(range(5, max_rank + 1, 5)))
+  axes.grid(True, alpha=0.3)
+  axes.legend(fontsize=7, loc='lower right')
+  figure.tight_layout()
+  directory = os.path.dirname(path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  figure.savefig(path, format='png')
+  return path
+
+
+def _trial_list(trials) -> str:
+  """'10 (0-9)', '2 (1, 3)', or just the count when trials are unnamed."""
+  numbers = [trial for trial in trials if trial is not None]
+  if len(numbers) < len(trials):
+    return str(len(trials))
+  if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+    return f'{len(numbers)} ({numbers[0]}-{numbers[-1]})'
+  return f'{len(numbers)} ({", ".join(str(trial) for trial in numbers)})'
