@@ -1,0 +1,153 @@
+"""Preparation and loading: TFDS round trip, cache keys, synthetic generation, bad images."""
+
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from vireid_jax import config as config_lib
+from vireid_jax import data
+from vireid_jax.data import decode
+from vireid_jax.data import regdb
+from vireid_jax.data import synthetic
+from vireid_jax.data import sysu
+
+
+def _data_cfg(root, **overrides):
+  cfg = config_lib.base_config().data
+  cfg.root = str(root)
+  cfg.image_height, cfg.image_width = 24, 12
+  cfg.num_workers = 2
+  for key, value in overrides.items():
+    setattr(cfg, key, value)
+  return cfg
+
+
+def _decode_independently(path, height, width):
+  """The reference's resize: PIL Lanczos (ANTIALIAS) to (width, height), as RGB uint8."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB').resize((width, height), Image.LANCZOS))
+
+
+def _prepared_dirs(cache):
+  return sorted(os.path.relpath(parent, cache) for parent, _, names in os.walk(cache)
+                if 'dataset_info.json' in names)
+
+
+def test_sysu_round_trip_gives_identical_pixels_and_labels(tmp_path):
+  synthetic.write_sysu(str(tmp_path), num_ids=6, images_per_camera=2, image_size=(40, 20))
+  cfg = _data_cfg(tmp_path)
+  path = data.prepare(cfg)
+  assert path.startswith(str(tmp_path / 'vireid_jax_cache'))
+  folder = str(tmp_path / 'SYSU-MM01')
+  loaded = {'train': data.load_train(cfg), 'test': data.load_test(cfg)}
+  for split, sets in loaded.items():
+    for image_set, listed in zip(sets, sysu.list_split(folder, 'raw', split)):
+      assert image_set.modality == listed.modality
+      assert image_set.images.shape == (len(listed), 24, 12, 3)
+      assert image_set.images.dtype == np.uint8
+      np.testing.assert_array_equal(image_set.pids, listed.pids)
+      np.testing.assert_array_equal(image_set.cams, listed.cams)
+      np.testing.assert_array_equal(image_set.paths, listed.paths)
+      expected = np.stack([_decode_independently(os.path.join(folder, p), 24, 12)
+                           for p in listed.paths])
+      np.testing.assert_array_equal(image_set.images, expected)
+  visible, infrared = loaded['train']
+  assert set(visible.cams.tolist()) == {1, 2, 4, 5} and set(infrared.cams.tolist()) == {3, 6}
+  # A second call finds the prepared copy instead of preparing again.
+  info = os.path.join(path, 'dataset_info.json')
+  mtime = os.path.getmtime(info)
+  assert data.prepare(cfg) == path and os.path.getmtime(info) == mtime
+
+
+def test_regdb_cache_is_keyed_by_trial_and_size(tmp_path):
+  synthetic.write_regdb(str(tmp_path), num_ids=4, images_per_modality=2, image_size=(40, 20))
+  trial1 = data.prepare(_data_cfg(tmp_path, dataset='regdb', trial=1))
+  trial2 = data.prepare(_data_cfg(tmp_path, dataset='regdb', trial=2))
+  bigger = data.prepare(_data_cfg(tmp_path, dataset='regdb', trial=2, image_height=32,
+                                  image_width=16))
+  assert len({trial1, trial2, bigger}) == 3
+  assert len(_prepared_dirs(str(tmp_path / 'vireid_jax_cache'))) == 3
+  cfg = _data_cfg(tmp_path, dataset='regdb', trial=2)
+  visible, thermal = data.load_test(cfg)
+  listed = regdb.list_split(str(tmp_path / 'RegDB'), 2, 'test')
+  for image_set, file_list in zip((visible, thermal), listed):
+    np.testing.assert_array_equal(image_set.paths, file_list.paths)
+    np.testing.assert_array_equal(image_set.pids, file_list.pids)
+    expected = np.stack([_decode_independently(os.path.join(file_list.root, p), 24, 12)
+                         for p in file_list.paths])
+    np.testing.assert_array_equal(image_set.images, expected)
+  assert (set(visible.cams.tolist()), set(thermal.cams.tolist())) == ({1}, {2})
+  bigger_cfg = _data_cfg(tmp_path, dataset='regdb', trial=2, image_height=32, image_width=16)
+  assert data.load_train(bigger_cfg)[0].images.shape == (2 * 2, 32, 16, 3)
+
+
+def test_synthetic_set_is_generated_when_missing_and_regenerated_when_settings_change(tmp_path):
+  cfg = _data_cfg(tmp_path / 'generated', synthetic=True, synthetic_ids=6)
+  visible, infrared = data.load_train(cfg)
+  marker = synthetic.read_marker(str(tmp_path / 'generated' / 'SYSU-MM01'))
+  assert marker['num_ids'] == 6
+  train_ids = 6 - 6 // 3  # train + val
+  per_camera = synthetic.SYSU_IMAGES_PER_CAMERA
+  assert (len(visible), len(infrared)) == (train_ids * 4 * per_camera, train_ids * 2 * per_camera)
+  cfg.synthetic_ids = 9
+  visible, _ = data.load_train(cfg)
+  assert synthetic.read_marker(str(tmp_path / 'generated' / 'SYSU-MM01'))['num_ids'] == 9
+  assert len(visible) == (9 - 3) * 4 * per_camera
+  # Both preparations stay cached under their own keys.
+  assert len(_prepared_dirs(str(tmp_path / 'generated' / 'vireid_jax_cache'))) == 2
+
+
+def test_missing_dataset_names_the_root_and_the_flag(tmp_path):
+  with pytest.raises(data.DatasetError, match=r'SYSU-MM01 not found at .*nothing.*'
+                                              r'--config\.data\.root'):
+    data.prepare(_data_cfg(tmp_path / 'nothing'))
+  with pytest.raises(data.DatasetError, match='RegDB not found'):
+    data.load_train(_data_cfg(tmp_path / 'nothing', dataset='regdb'))
+  assert not os.path.exists(tmp_path / 'nothing')  # nothing written for a missing dataset
+  with pytest.raises(data.DatasetError, match=r'synthetic_ids = 2: .* at least 3'):
+    data.prepare(_data_cfg(tmp_path / 'nothing', synthetic=True, synthetic_ids=2))
+
+
+def test_truncated_image_names_the_file_and_leaves_no_complete_cache(tmp_path):
+  folder = synthetic.write_sysu(str(tmp_path), num_ids=3, images_per_camera=1,
+                                image_size=(40, 20))
+  victim = os.path.join(folder, 'cam3', '0002', '0001.jpg')
+  with open(victim, 'rb') as f:
+    content = f.read()
+  with open(victim, 'wb') as f:
+    f.write(content[:len(content) // 2])
+  cfg = _data_cfg(tmp_path)
+  with pytest.raises(data.DatasetError, match=r'cannot read image .*cam3/0002/0001.jpg'):
+    data.prepare(cfg)
+  cache = str(tmp_path / 'vireid_jax_cache')
+  assert _prepared_dirs(cache) == []
+  leftovers = [n for _, dirs, _ in os.walk(cache) for n in dirs if n.startswith('incomplete')]
+  assert leftovers == []
+  with open(victim, 'wb') as f:  # repaired: prepares normally
+    f.write(content)
+  assert len(data.load_train(cfg)[1]) == 2 * 2
+
+
+def test_unreadable_and_missing_images(tmp_path):
+  not_an_image = tmp_path / 'notes.jpg'
+  not_an_image.write_text('hello')
+  with pytest.raises(data.DatasetError, match=r'cannot read image .*notes.jpg'):
+    decode.decode_resize(str(not_an_image), 8, 4)
+  with pytest.raises(data.DatasetError, match=r'cannot read image .*absent.jpg'):
+    decode.decode_resize(str(tmp_path / 'absent.jpg'), 8, 4)
+
+
+def test_parallel_decoding_matches_serial(tmp_path):
+  folder = synthetic.write_sysu(str(tmp_path), num_ids=3, images_per_camera=3,
+                                image_size=(40, 20))
+  visible, _ = sysu.list_split(folder, 'raw', 'train')
+  paths = [os.path.join(folder, p) for p in visible.paths]
+  serial = list(decode.decode_images(paths, 24, 12, num_workers=1))
+  parallel = list(decode.decode_images(paths, 24, 12, num_workers=3))
+  assert len(parallel) == len(paths)
+  np.testing.assert_array_equal(np.stack(parallel), np.stack(serial))
+  bad = paths[:5] + [str(tmp_path / 'missing.jpg')] + paths[5:]
+  with pytest.raises(data.DatasetError, match='missing.jpg'):
+    list(decode.decode_images(bad, 24, 12, num_workers=3))
