@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss.kl_clamp = 1e-12  # probabilities clamped here inside the symmetric KL
   # Reference quirk: X_i(f), X_v(f) in L_cc use the UN-normalised feature. False normalises it.
   config.loss.unnormalized_cross_logits = True
+  # Reference quirk: memories are updated in place inside its backward pass, so a memory's later
+  # backward calls take feature gradients from the partly updated table. False: plain autodiff.
+  config.loss.reference_memory_gradients = True
 
   # --- sampling (SPEC.md step 5) ---
   config.sampler = ml_collections.ConfigDict()
@@ -112,6 +115,46 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.checkpoint = 'best'  # `--mode eval`: 'best', 'latest' or a checkpoint path
   config.eval.ranklist_queries = 8  # queries drawn in the rank-list image; 0 = none
   config.eval.max_rank = 20
+  config.eval.at_start = True  # also score the untrained network, so reports show the gain
 
   config.log_every = 50  # steps between progress-bar metric refreshes
   return config
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot work; the message names the field."""
+
+
+_CHOICES = {
+    'data.dataset': ('sysu', 'regdb'),
+    'data.layout': ('auto', 'raw', 'market'),
+    'model.block': ('bottleneck', 'basic'),
+    'model.dtype': ('auto', 'float32', 'bfloat16'),
+    'cluster.on_no_clusters': ('stop', 'skip'),
+    'eval.sysu_mode': ('all', 'indoor'),
+}
+
+
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the values that a typo or an impossible combination would break later."""
+  for field, choices in _CHOICES.items():
+    if _get(config, field) not in choices:
+      raise ConfigError(f'config.{field} = {_get(config, field)!r}; expected one of {choices}')
+  if config.data.dataset == 'regdb' and not 1 <= config.data.trial <= 10:
+    raise ConfigError(f'config.data.trial = {config.data.trial}; RegDB trials are 1..10')
+  if not 0 <= config.schedule.stage2_start <= config.schedule.epochs:
+    raise ConfigError('config.schedule.stage2_start must lie in [0, schedule.epochs]')
+  if config.sampler.clusters_per_step % 2:
+    raise ConfigError('config.sampler.clusters_per_step must be even: stage 2 draws half of '
+                      'them from each modality')
+  if config.eval.sysu_shots not in (1, 10):
+    raise ConfigError(f'config.eval.sysu_shots = {config.eval.sysu_shots}; expected 1 or 10')
+  if not config.data.root and not config.data.synthetic:
+    raise ConfigError('config.data.root is empty: pass --config.data.root=/path/holding/the/'
+                      'dataset (the folder with SYSU-MM01/ or RegDB/)')

@@ -1,0 +1,169 @@
+"""The whole training loop on a tiny synthetic SYSU-MM01: runs, resumes, stops cleanly."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from vireid_jax import checkpoint
+from vireid_jax import losses
+from vireid_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The overrides that shrink configs/demo.py to a test-sized run; the subprocess test passes
+# the same values as flags.
+TINY = {
+    'data.synthetic_ids': 12, 'data.image_height': 32, 'data.image_width': 16,
+    'model.width': 4, 'sampler.clusters_per_step': 4, 'sampler.instances_per_cluster': 2,
+    'sampler.steps_per_epoch': 3, 'schedule.epochs': 2, 'schedule.stage2_start': 1,
+    'schedule.eval_every': 1, 'eval.batch_size': 64, 'augment.pad': 1,
+    'cluster.k1': 10, 'cluster.k2': 3,  # 8 training ids: k1 = 30 would merge everything
+}
+
+
+def demo_config(root: str, **overrides):
+  spec = importlib.util.spec_from_file_location('demo_config', os.path.join(REPO, 'configs',
+                                                                           'demo.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.root = root
+  for dotted, value in {**TINY, **overrides}.items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('synthetic'))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(data_root, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  result = train.train_and_evaluate(demo_config(data_root), workdir)
+  return workdir, result
+
+
+def _final_params(workdir, config):
+  trainer_state = train.abstract_train_state(
+      config, train.models.build_model(config.model), train.sharding.make_mesh())
+  state, record = checkpoint.restore(workdir, checkpoint.LATEST, trainer_state)
+  return jax.device_get(state.params), record
+
+
+def test_two_epoch_run_trains_both_stages_and_reports(uninterrupted, data_root):
+  workdir, result = uninterrupted
+  history = result['history']
+  assert [e['epoch'] for e in history] == [-1, 0, 1]  # untrained evaluation, then 2 epochs
+  stage1, stage2 = history[1], history[2]
+  assert (stage1['stage'], stage2['stage']) == (1, 2)
+  assert stage1['loss/ma'] == 0 and stage2['loss/ma'] > 0 and stage2['loss/cc'] >= 0
+  for entry in history[1:]:
+    assert np.isfinite(entry['loss/total'])
+    assert entry['visible/clusters'] >= 1 and entry['infrared/clusters'] >= 1
+    assert set(entry['headline']) >= {'rank1', 'mAP', 'mINP'}
+  for name in ('report.md', 'curves.png', 'config.json'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert checkpoint.latest_epoch(workdir) == 2
+  best = result['best']
+  assert checkpoint.latest_epoch(workdir, checkpoint.BEST) == best['epoch'] + 1
+  assert best['mAP'] == max(e['headline']['mAP'] for e in history[1:])
+  report = open(os.path.join(workdir, 'report.md')).read()
+  assert 'untrained' in report and f'{best["mAP"]:.2f}' in report
+
+
+def test_resumed_run_equals_uninterrupted_run(uninterrupted, data_root, tmp_path):
+  workdir_a, result_a = uninterrupted
+  workdir_b = str(tmp_path / 'resumed')
+  config = demo_config(data_root)
+  first = train.train_and_evaluate(config, workdir_b, max_epochs=1)  # "crashes" after epoch 1
+  assert [e['epoch'] for e in first['history']] == [-1, 0]
+  trainer = train.Trainer(config, workdir_b)  # a new process would do exactly this
+  assert trainer.start_epoch == 1
+  result_b = trainer.run()
+  losses_a = [e.get('loss/total') for e in result_a['history']]
+  losses_b = [e.get('loss/total') for e in result_b['history']]
+  np.testing.assert_allclose(losses_b[1:], losses_a[1:], rtol=1e-5)
+  params_a, _ = _final_params(workdir_a, config)
+  params_b, record_b = _final_params(workdir_b, config)
+  assert record_b['epoch'] == 2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params_a, params_b)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data_root, tmp_path,
+                                                                 monkeypatch):
+  workdir = str(tmp_path / 'nan')
+  config = demo_config(data_root, **{'eval.at_start': False})
+  train.train_and_evaluate(config, workdir, max_epochs=1)
+  saved_before, _ = _final_params(workdir, config)
+
+  def poisoned(*args, **kwargs):
+    loss, metrics = losses.stage1_loss(*args[:7])
+    return loss * np.nan, metrics
+
+  monkeypatch.setattr(losses, 'stage2_loss', poisoned)
+  with pytest.raises(train.TrainingDiverged, match=r'epoch 2 \(of 2\), step 1 \(of 3\)'):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoint.latest_epoch(workdir) == 1
+  saved_after, _ = _final_params(workdir, config)
+  jax.tree.map(np.testing.assert_array_equal, saved_before, saved_after)
+
+
+@pytest.mark.parametrize('policy', ['stop', 'skip'])
+def test_no_clusters_stops_or_skips_as_configured(data_root, tmp_path, policy):
+  # eps ~ 0: every sample is alone in its neighbourhood, so DBSCAN finds nothing.
+  config = demo_config(data_root, **{'cluster.eps': 1e-9, 'cluster.on_no_clusters': policy,
+                                     'eval.at_start': False, 'schedule.eval_every': 100})
+  workdir = str(tmp_path / policy)
+  if policy == 'stop':
+    with pytest.raises(train.NoClustersStop, match='no cluster'):
+      train.train_and_evaluate(config, workdir)
+    assert checkpoint.latest_epoch(workdir) is None
+  else:
+    result = train.train_and_evaluate(config, workdir)
+    assert all('skipped' in e for e in result['history'] if e['epoch'] >= 0)
+    assert checkpoint.latest_epoch(workdir) == 2
+
+
+def test_kill_9_mid_run_then_resume_matches_uninterrupted(uninterrupted, data_root, tmp_path):
+  """A real process killed with SIGKILL after its first checkpoint resumes to the same end."""
+  workdir = str(tmp_path / 'killed')
+  flags = [f'--config.{k}={v}' for k, v in TINY.items()]
+  command = [sys.executable, os.path.join(REPO, 'main.py'), '--config',
+             os.path.join(REPO, 'configs', 'demo.py'), '--workdir', workdir,
+             f'--config.data.root={data_root}', *flags]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 300
+  try:
+    while checkpoint.latest_epoch(workdir) is None and process.poll() is None:
+      assert time.time() < deadline, 'the first epoch did not finish in time'
+      time.sleep(0.2)
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+  completed = checkpoint.latest_epoch(workdir)
+  assert completed in (1, 2)
+  finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  if completed == 1:
+    assert 'Resuming' in finished.stdout
+  config = demo_config(data_root)
+  params_killed, _ = _final_params(workdir, config)
+  params_a, _ = _final_params(uninterrupted[0], config)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params_a, params_killed)

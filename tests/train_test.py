@@ -1,0 +1,127 @@
+"""The train step and its pieces: optimiser semantics, schedule, sharding equivalence."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from vireid_jax import config as config_lib
+from vireid_jax import memory as memory_lib
+from vireid_jax import models
+from vireid_jax import sampling
+from vireid_jax import sharding
+from vireid_jax import train
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+  config = config_lib.base_config()
+  config.data.image_height, config.data.image_width = 16, 8
+  config.model.block, config.model.stage_sizes, config.model.width = 'basic', (1, 1, 1, 1), 4
+  config.model.dtype = 'float32'
+  config.augment.pad = 1
+  config.sampler.clusters_per_step, config.sampler.instances_per_cluster = 4, 2
+  return config
+
+
+def test_learning_rate_follows_the_reference_schedule():
+  optim = config_lib.base_config().optim
+  expected = {0: 3.5e-4, 19: 3.5e-4, 20: 3.5e-5, 49: 3.5e-5, 50: 3.5e-6, 69: 3.5e-6,
+              70: 3.5e-7, 79: 3.5e-7}
+  for epoch, lr in expected.items():
+    assert train.learning_rate(optim, epoch) == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_optimizer_is_pytorch_adam_with_l2_weight_decay():
+  torch = pytest.importorskip('torch', reason='torch is needed to compare with torch.optim.Adam')
+  optim = config_lib.base_config().optim
+  rng = np.random.default_rng(0)
+  param = rng.normal(size=(5,)).astype(np.float32)
+  grads = [rng.normal(size=(5,)).astype(np.float32) for _ in range(4)]
+  lrs = [3.5e-4, 3.5e-4, 3.5e-5, 3.5e-5]  # the lr changes between steps, state is kept
+
+  torch_param = torch.nn.Parameter(torch.tensor(param))
+  torch_opt = torch.optim.Adam([torch_param], lr=lrs[0], betas=(optim.b1, optim.b2),
+                               eps=optim.eps, weight_decay=optim.weight_decay)
+  tx = train.make_optimizer(optim)
+  ours, state = jnp.asarray(param), tx.init(jnp.asarray(param))
+  for grad, lr in zip(grads, lrs):
+    torch_opt.param_groups[0]['lr'] = lr
+    torch_param.grad = torch.tensor(grad)
+    torch_opt.step()
+    updates, state = tx.update(jnp.asarray(grad), state, ours)
+    ours = optax.apply_updates(ours, -lr * updates)
+  np.testing.assert_allclose(np.asarray(ours), torch_param.detach().numpy(), rtol=1e-6,
+                             atol=1e-7)
+
+
+def test_memory_capacity_is_a_power_of_two_covering_the_clusters():
+  for k in (1, 15, 16, 17, 100, 512, 513):
+    capacity = train.memory_capacity(k)
+    assert capacity >= k and capacity >= 16 and capacity & (capacity - 1) == 0
+    assert capacity < 2 * max(k, 16)
+
+
+def _step_inputs(config, num_clusters=4, num_images=24, steps=2):
+  rng = np.random.default_rng(1)
+  h, w = config.data.image_height, config.data.image_width
+  visible = rng.integers(0, 256, (num_images, h, w, 3), dtype=np.uint8)
+  infrared = rng.integers(0, 256, (num_images, h, w, 3), dtype=np.uint8)
+  labels = np.arange(num_images) % num_clusters
+  plan = sampling.stage2_plan(labels, labels, np.eye(num_clusters, dtype=bool) | np.eye(
+      num_clusters, k=1, dtype=bool), steps, config.sampler.clusters_per_step,
+                              config.sampler.instances_per_cluster, 0)
+  centers = rng.normal(size=(num_clusters, 32)).astype(np.float32)
+  return visible, infrared, plan, centers
+
+
+@pytest.mark.parametrize('stage', [1, 2])
+def test_sharded_step_equals_single_device_step(stage):
+  assert jax.device_count() == 8, 'tests/conftest.py forces 8 virtual CPU devices'
+  config = tiny_config()
+  model = models.build_model(config.model)
+  visible, infrared, plan, centers = _step_inputs(config)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.make_mesh(devices)
+    step_fn = train.make_train_step(model, config, mesh, stage)
+    state = sharding.put_replicated(train.create_train_state(config, model,
+                                                             jax.random.PRNGKey(0)), mesh)
+    padded = np.zeros((16, 32), np.float32)
+    padded[:4] = centers
+    memories = sharding.put_replicated(memory_lib.Memories.from_centers(
+        padded, padded, num_visible=4, num_infrared=4), mesh)
+    images_v = sharding.put_replicated(visible, mesh)
+    images_i = sharding.put_replicated(infrared, mesh)
+    plan_on_mesh = jax.device_put(plan, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, sharding.DATA_AXIS)))
+    for step in range(plan.visible_index.shape[0]):
+      state, memories, metrics = step_fn(state, memories, images_v, images_i, plan_on_mesh,
+                                         np.int32(step), jax.random.PRNGKey(step),
+                                         np.float32(3.5e-4))
+    assert np.isfinite(float(metrics['total']))
+    results.append(jax.device_get((state, memories, metrics)))
+  (state_1, memories_1, metrics_1), (state_8, memories_8, metrics_8) = results
+  np.testing.assert_allclose(metrics_1['total'], metrics_8['total'], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               state_1.params, state_8.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               state_1.batch_stats, state_8.batch_stats)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               memories_1, memories_8)
+  # The step changed the parameters and, in stage 2, the agnostic memories too.
+  initial = train.create_train_state(config, model, jax.random.PRNGKey(0))
+  assert not np.allclose(state_1.params['neck']['scale'], initial.params['neck']['scale'])
+  assert not np.allclose(memories_1.agnostic_visible[:4], centers / np.linalg.norm(
+      centers, axis=1, keepdims=True)) == (stage == 2)
+
+
+def test_abstract_train_state_matches_the_real_one():
+  config = tiny_config()
+  model = models.build_model(config.model)
+  mesh = sharding.make_mesh()
+  abstract = train.abstract_train_state(config, model, mesh)
+  real = train.create_train_state(config, model, jax.random.PRNGKey(0))
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(abstract) == shapes(real)

@@ -1,0 +1,148 @@
+"""The evaluation driver: features of the test split -> the standard protocols -> reports.
+
+Used by the trainer every `eval_every` epochs (a cheap subset: trial 0, the configured shots)
+and by `python main.py --mode eval`, which restores a checkpoint and runs the full protocol
+(SYSU-MM01 all/indoor x single/multi-shot over trials 0-9; RegDB both directions) and writes
+JSON, a Markdown table, a CMC plot and a rank-list image into <workdir>/eval/.
+"""
+
+import glob
+import os
+from typing import Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from vireid_jax import evaluation
+from vireid_jax import sharding
+from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
+
+# Extracts (N, C) normalised features: f(images, modality, description).
+ExtractFn = Callable[[np.ndarray, str, str], np.ndarray]
+
+
+def selection_setting(config: ml_collections.ConfigDict) -> str:
+  """The protocol setting whose mAP picks the best checkpoint."""
+  if config.data.dataset == 'sysu':
+    return evaluation.setting_name(config.eval.sysu_mode, config.eval.sysu_shots)
+  return 'visible_to_thermal'
+
+
+def evaluate_features(config: ml_collections.ConfigDict, extract: ExtractFn,
+                      test_visible: ImageSet, test_infrared: ImageSet, trials: Sequence[int],
+                      full: bool = False) -> dict:
+  """Runs the dataset's protocol on freshly extracted test features (results in percent).
+
+  SYSU-MM01: infrared queries against visible galleries drawn per trial from one extraction
+  of all visible test images; `full` adds multi-shot to the configured shots. RegDB: both
+  directions over the trial's test images (`trials` is ignored: a RegDB trial is a split).
+  """
+  max_rank = config.eval.max_rank
+  if config.data.dataset == 'sysu':
+    query = extract(test_infrared.images, INFRARED, 'extract query (infrared)')
+    gallery = extract(test_visible.images, VISIBLE, 'extract gallery (visible)')
+    shots = (1, 10) if full else (config.eval.sysu_shots,)
+    return evaluation.evaluate_sysu(
+        query, test_infrared.pids, test_infrared.cams, gallery, test_visible.pids,
+        test_visible.cams, modes=('all', 'indoor'), shots=shots, trials=list(trials),
+        max_rank=max_rank, gallery_paths=test_visible.paths)
+  visible = extract(test_visible.images, VISIBLE, 'extract visible')
+  thermal = extract(test_infrared.images, INFRARED, 'extract thermal')
+  return evaluation.evaluate_regdb(visible, test_visible.pids, thermal, test_infrared.pids,
+                                   max_rank=max_rank, trial=config.data.trial)
+
+
+def headline(config: ml_collections.ConfigDict, results: dict) -> dict:
+  """Mean Rank-1/5/10/20, mAP, mINP (percent) of the selection setting."""
+  return {k: float(v) for k, v in results[selection_setting(config)]['mean'].items()}
+
+
+def format_headline(config: ml_collections.ConfigDict, results: dict) -> str:
+  h = headline(config, results)
+  return (f'{selection_setting(config)}: Rank-1 {h["rank1"]:.2f}  mAP {h["mAP"]:.2f}  '
+          f'mINP {h["mINP"]:.2f}')
+
+
+def _restore_variables(config, model, workdir: str, mesh) -> tuple[dict, dict]:
+  from vireid_jax import checkpoint
+  from vireid_jax import train
+  abstract = train.abstract_train_state(config, model, mesh)
+  which = config.eval.checkpoint
+  if which in (checkpoint.BEST, checkpoint.LATEST):
+    state, record = checkpoint.restore(workdir, which, abstract)
+  else:
+    state, record = checkpoint.restore_path(which, abstract)
+  return {'params': state.params, 'batch_stats': state.batch_stats}, record
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """`--mode eval`: the full protocol on a checkpoint; returns the Markdown table."""
+  from vireid_jax import data as data_lib
+  from vireid_jax import extract as extract_lib
+  from vireid_jax import models
+
+  mesh = sharding.make_mesh()
+  model = models.build_model(config.model)
+  variables, record = _restore_variables(config, model, workdir, mesh)
+  test_visible, test_infrared = data_lib.load_test(config.data)
+  extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
+                                              tuple(config.data.std), config.eval.flip)
+  cache = {}
+
+  def extract(images, modality, desc):
+    cache[modality] = extract_lib.extract_features(extract_batch, variables, images, modality,
+                                                   config.eval.batch_size, mesh, desc=desc)
+    return cache[modality]
+
+  results = evaluate_features(config, extract, test_visible, test_infrared,
+                              trials=config.eval.trials, full=True)
+  out_dir = os.path.join(workdir, 'eval')
+  name = f'{config.data.dataset}_{config.eval.checkpoint if config.eval.checkpoint in ("best", "latest") else "checkpoint"}'
+  if config.data.dataset == 'regdb':
+    name += f'_trial{config.data.trial}'
+  _, markdown_path = evaluation.write_results(results, out_dir, name)
+  evaluation.plot_cmc(results, os.path.join(out_dir, f'{name}_cmc.png'))
+  if config.eval.ranklist_queries:
+    _save_ranklist(config, cache, test_visible, test_infrared,
+                   os.path.join(out_dir, f'{name}_ranklist.png'))
+  with open(markdown_path) as f:
+    table = f.read()
+  return (f'checkpoint: {config.eval.checkpoint} (after epoch {record["epoch"]})\n{table}\n'
+          f'written to {out_dir}/')
+
+
+def _save_ranklist(config, features: dict, test_visible: ImageSet, test_infrared: ImageSet,
+                   path: str) -> None:
+  """Top-10 of a few queries: SYSU infrared queries against the all-search trial-0 gallery,
+  RegDB visible queries against all thermal images."""
+  if config.data.dataset == 'sysu':
+    query, gallery = test_infrared, test_visible
+    query_features, gallery_features = features[INFRARED], features[VISIBLE]
+    keep = evaluation.gallery_indices(gallery.pids, gallery.cams, 'all', 1, 0, gallery.paths)
+    gallery, gallery_features = gallery.subset(keep), gallery_features[keep]
+  else:
+    query, gallery = test_visible, test_infrared
+    query_features, gallery_features = features[VISIBLE], features[INFRARED]
+  chosen = evaluation.choose_queries(query.pids, config.eval.ranklist_queries, seed=config.seed)
+  similarity = query_features[chosen] @ gallery_features.T
+  evaluation.save_ranklist(query.images[chosen], gallery.images, similarity, query.pids[chosen],
+                           gallery.pids, query.cams[chosen], gallery.cams, path,
+                           sysu_drop=config.data.dataset == 'sysu', is_similarity=True)
+
+
+def aggregate_runs(workdir: str) -> str:
+  """`--mode aggregate`: pools `eval/regdb_best_trial<k>.json` of every run under `workdir`."""
+  paths = sorted(glob.glob(os.path.join(workdir, '*', 'eval', 'regdb_best_trial*.json')))
+  if not paths:
+    raise FileNotFoundError(
+        f'no RegDB results under {workdir}/*/eval/: run `--mode eval` in each trial\'s workdir '
+        f'(e.g. {workdir}/trial1 ... {workdir}/trial10) first')
+  pooled = evaluation.aggregate_files(paths)
+  _, markdown_path = evaluation.write_results(pooled, workdir, 'regdb_all_trials')
+  with open(markdown_path) as f:
+    return f'{len(paths)} trial results pooled:\n{f.read()}\nwritten to {markdown_path}'
+
+
+def summary_after_training(workdir: str) -> str:
+  report = os.path.join(workdir, 'report.md')
+  return f'done. report: {report}, curves: {os.path.join(workdir, "curves.png")}'

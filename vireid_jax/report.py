@@ -1,0 +1,146 @@
+"""What a person reads about a training run: one line per epoch, report.md and curves.png.
+
+Everything is derived from the run's history (a list of per-epoch dicts kept in the
+checkpoint), so the report of a resumed run is the same as that of an uninterrupted one.
+"""
+
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+HEADLINE_KEYS = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
+
+
+def _fmt(value, spec='.3f') -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def epoch_line(entry: dict, epochs: int) -> str:
+  """One line per epoch with the numbers that matter."""
+  parts = [f'epoch {entry["epoch"] + 1:3d}/{epochs} stage {entry["stage"]}']
+  if 'skipped' in entry:
+    parts.append('skipped (no clusters)')
+  else:
+    parts.append(f'lr {entry["lr"]:.1e} loss {entry["loss/total"]:.3f}')
+    parts.append(f'clusters V/I {entry.get("visible/clusters", 0):.0f}/'
+                 f'{entry.get("infrared/clusters", 0):.0f}')
+    parts.append(f'outliers V/I {entry.get("visible/outliers", 0):.0f}/'
+                 f'{entry.get("infrared/outliers", 0):.0f}')
+    parts.append(f'partners I/V {entry.get("match/mean_partners_infrared", 0):.2f}/'
+                 f'{entry.get("match/mean_partners_visible", 0):.2f}')
+  if 'headline' in entry:
+    h = entry['headline']
+    parts.append(f'| R1 {h["rank1"]:.2f} mAP {h["mAP"]:.2f} mINP {h["mINP"]:.2f}')
+  parts.append(f'({entry["time/extract"] + entry["time/cluster"] + entry["time/train"]:.0f}s)')
+  return '  '.join(parts)
+
+
+def _evaluation_table(history) -> list[str]:
+  rows = ['| epoch | ' + ' | '.join(HEADLINE_KEYS) + ' |',
+          '|---' * (len(HEADLINE_KEYS) + 1) + '|']
+  for entry in history:
+    if 'headline' in entry:
+      name = 'untrained' if entry['epoch'] < 0 else str(entry['epoch'] + 1)
+      rows.append(f'| {name} | ' + ' | '.join(_fmt(entry['headline'][k], '.2f')
+                                             for k in HEADLINE_KEYS) + ' |')
+  return rows
+
+
+_EPOCH_COLUMNS = (
+    ('stage', 'stage', 'd'), ('lr', 'lr', '.1e'), ('loss', 'loss/total', '.3f'),
+    ('L_ms', 'loss/ms', '.3f'), ('L_ma', 'loss/ma', '.3f'), ('L_cc', 'loss/cc', '.3f'),
+    ('clusters V', 'visible/clusters', '.0f'), ('clusters I', 'infrared/clusters', '.0f'),
+    ('outliers V', 'visible/outliers', '.0f'), ('outliers I', 'infrared/outliers', '.0f'),
+    ('purity V', 'visible/purity', '.3f'), ('purity I', 'infrared/purity', '.3f'),
+    ('NMI V', 'visible/nmi', '.3f'), ('NMI I', 'infrared/nmi', '.3f'),
+    ('partners I', 'match/mean_partners_infrared', '.2f'),
+    ('partners V', 'match/mean_partners_visible', '.2f'),
+    ('pairs same id', 'match/pair_precision', '.3f'),
+    ('seconds', None, '.0f'),
+)
+
+
+def _epoch_table(history) -> list[str]:
+  entries = [e for e in history if e['epoch'] >= 0]
+  columns = [c for c in _EPOCH_COLUMNS if c[1] is None or any(c[1] in e for e in entries)]
+  rows = ['| epoch | ' + ' | '.join(c[0] for c in columns) + ' |',
+          '|---' * (len(columns) + 1) + '|']
+  for e in entries:
+    cells = []
+    for _, key, spec in columns:
+      value = (e['time/extract'] + e['time/cluster'] + e['time/train']) if key is None else e.get(key)
+      cells.append(_fmt(value, spec))
+    rows.append(f'| {e["epoch"] + 1} | ' + ' | '.join(cells) + ' |')
+  return rows
+
+
+def _legend(ax, **kwargs) -> None:
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(**kwargs)
+
+
+def plot_curves(history, path: str) -> None:
+  entries = [e for e in history if e['epoch'] >= 0 and 'skipped' not in e]
+  evals = [e for e in history if 'headline' in e]
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+  ax = axes[0, 0]
+  for key, label in (('loss/total', 'total'), ('loss/ms', 'L_ms'), ('loss/ma', 'L_ma'),
+                     ('loss/cc', 'L_cc')):
+    points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
+    if points:
+      ax.plot(*zip(*points), marker='.', label=label)
+  ax.set(title='training loss (mean per epoch)', xlabel='epoch')
+  _legend(ax)
+  ax = axes[0, 1]
+  for key in ('mAP', 'rank1', 'mINP'):
+    if evals:
+      ax.plot([e['epoch'] + 1 for e in evals], [e['headline'][key] for e in evals], marker='o',
+              label=key)
+  ax.set(title='evaluation (epoch 0 = untrained)', xlabel='epoch', ylabel='%')
+  _legend(ax)
+  ax = axes[1, 0]
+  for key, label in (('visible/clusters', 'visible clusters'),
+                     ('infrared/clusters', 'infrared clusters'),
+                     ('visible/outliers', 'visible outliers'),
+                     ('infrared/outliers', 'infrared outliers')):
+    points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
+    if points:
+      ax.plot(*zip(*points), marker='.', label=label)
+  ax.set(title='clustering', xlabel='epoch')
+  _legend(ax)
+  ax = axes[1, 1]
+  for key, label in (('match/mean_partners_infrared', 'partners per infrared cluster'),
+                     ('match/mean_partners_visible', 'partners per visible cluster'),
+                     ('visible/purity', 'visible purity'), ('infrared/purity', 'infrared purity'),
+                     ('match/pair_precision', 'matched pairs sharing an id')):
+    points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
+    if points:
+      ax.plot(*zip(*points), marker='.', label=label)
+  ax.set(title='matching and cluster quality', xlabel='epoch')
+  _legend(ax, fontsize=8)
+  fig.tight_layout()
+  tmp = path + '.tmp.png'
+  fig.savefig(tmp, dpi=90)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def write_report(workdir: str, history, best: dict, config) -> None:
+  """Writes report.md and curves.png into `workdir` (atomically, each)."""
+  lines = [f'# Training report: {config.data.dataset}', '',
+           f'Workdir `{os.path.abspath(workdir)}`. Evaluation during training: '
+           f'{"SYSU-MM01 " + config.eval.sysu_mode + "-search, " if config.data.dataset == "sysu" else "RegDB visible-to-thermal, "}'
+           f'gallery trials {list(config.eval.train_trials)}; values in %.', '']
+  if best['epoch'] >= 0:
+    lines += [f'Best: mAP {best["mAP"]:.2f}, Rank-1 {best["rank1"]:.2f} after epoch '
+              f'{best["epoch"] + 1} (checkpoints/best).', '']
+  lines += ['## Evaluations', ''] + _evaluation_table(history) + ['']
+  lines += ['## Epochs', ''] + _epoch_table(history) + ['', '![curves](curves.png)', '']
+  tmp = os.path.join(workdir, 'report.md.tmp')
+  with open(tmp, 'w') as f:
+    f.write('\n'.join(lines))
+  os.replace(tmp, os.path.join(workdir, 'report.md'))
+  plot_curves(history, os.path.join(workdir, 'curves.png'))
