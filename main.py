@@ -64,8 +64,9 @@ def main(argv):
       print(evaluate_lib.summary_after_training(workdir))
     else:
       print(evaluate_lib.run_eval(config, workdir))
-  except (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsError,
-          train_lib.TrainingDiverged, train_lib.NoClustersStop, FileNotFoundError) as error:
+  except (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
+          ImportError, train_lib.TrainingDiverged, train_lib.NoClustersStop,
+          FileNotFoundError) as error:
     _fail(str(error))
 
 

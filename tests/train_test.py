@@ -125,3 +125,19 @@ def test_abstract_train_state_matches_the_real_one():
   real = train.create_train_state(config, model, jax.random.PRNGKey(0))
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   assert shapes(abstract) == shapes(real)
+
+
+@pytest.mark.parametrize('identical', [True, False])
+def test_identical_stems_give_both_modalities_one_feature_space(identical):
+  config = tiny_config()
+  config.model.identical_stems = identical
+  model = models.build_model(config.model)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  images = jax.random.normal(jax.random.PRNGKey(1), (3, 16, 8, 3))
+  as_visible = model.apply(variables, images, None, train=False)
+  as_infrared = model.apply(variables, None, images, train=False)
+  assert np.allclose(as_visible, as_infrared, atol=1e-6) == identical
+  if identical:  # copies, not aliases: donating the state must not free one buffer twice
+    assert (state.params['infrared_stem']['conv1']['kernel'] is not
+            state.params['visible_stem']['conv1']['kernel'])

@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.gem_p = 3.0  # GeM pooling exponent, fixed
   config.model.gem_eps = 1e-12  # added inside the GeM mean before the 1/p root
   config.model.neck_init_std = 0.01  # BN-neck weight ~ N(1, 0.01), bias frozen at 0
+  # Both stems start from the same weights, as in the paper (both load ImageNet). Without
+  # pretrained weights this copies the visible stem's random init into the infrared stem, so
+  # the two modalities start in one feature space and cross-modality matching means something.
+  config.model.identical_stems = True
   config.model.pretrained = ''  # torchvision resnet50 .pth / .safetensors / .npz; '' = random
   config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
 
@@ -47,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.cluster.k2 = 6  # local query expansion
   config.cluster.eps = 0.6  # DBSCAN eps: 0.6 SYSU, 0.3 RegDB
   config.cluster.min_samples = 4  # DBSCAN min_samples
+  # True: use the true identities as clusters and matches (supervised upper bound, for
+  # studies on labelled data; never the paper's setting).
+  config.cluster.oracle = False
   config.cluster.on_no_clusters = 'stop'  # a modality with no cluster: 'stop' the run | 'skip' the epoch
 
   # --- cluster memories (SPEC.md step 4) ---

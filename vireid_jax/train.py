@@ -79,6 +79,8 @@ def memory_capacity(num_clusters: int) -> int:
 def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array) -> TrainState:
   image_shape = (config.data.image_height, config.data.image_width)
   variables = models.init_variables(model, rng, image_shape)
+  if config.model.identical_stems:
+    variables = models.copy_visible_stem_to_infrared(variables)
   if config.model.pretrained:
     cache_dir = os.path.join(os.path.dirname(os.path.abspath(config.model.pretrained)),
                              'vireid_jax_converted')
@@ -162,17 +164,42 @@ class EpochClusters:
   stats: dict
 
 
+def oracle_match(visible_pids: np.ndarray, infrared_pids: np.ndarray):
+  """The match of `cluster.oracle`: clusters are identities, matched when they are the same."""
+  visible_ids, infrared_ids = np.unique(visible_pids), np.unique(infrared_pids)
+  mask = infrared_ids[:, None] == visible_ids[None, :]
+  unmatched = sorted(set(visible_ids) ^ set(infrared_ids))
+  if unmatched:
+    raise ValueError(f'cluster.oracle needs every identity in both modalities; missing a '
+                     f'partner: {unmatched[:10]}')
+  pairs = np.argwhere(mask)
+  return clustering.MatchResult(
+      mask=mask, infrared_partners=[np.flatnonzero(r) for r in mask],
+      visible_partners=[np.flatnonzero(c) for c in mask.T], mean_partners_infrared=1.0,
+      mean_partners_visible=1.0, one_to_one=pairs, many_to_one=pairs)
+
+
 def cluster_epoch(config, visible_features, infrared_features, visible_pids, infrared_pids):
-  """Jaccard + DBSCAN per modality, then MBCCM matching; raises clustering.NoClustersError."""
+  """Jaccard + DBSCAN per modality, then MBCCM matching; raises clustering.NoClustersError.
+
+  With `config.cluster.oracle` the true identities replace both (an upper bound for studies).
+  """
   c = config.cluster
   labels, centers, stats = {}, {}, {}
   for modality, features, pids in ((VISIBLE, visible_features, visible_pids),
                                    (INFRARED, infrared_features, infrared_pids)):
-    labels[modality], centers[modality] = clustering.cluster_features(
-        features, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, modality=modality)
+    if c.oracle:
+      labels[modality] = np.unique(pids, return_inverse=True)[1]
+      centers[modality] = clustering.cluster_centers(features, labels[modality])
+    else:
+      labels[modality], centers[modality] = clustering.cluster_features(
+          features, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, modality=modality)
     for key, value in clustering.cluster_diagnostics(labels[modality], pids).items():
       stats[f'{modality}/{key}'] = value
-  match = clustering.mbccm_match(centers[VISIBLE], centers[INFRARED])
+  if c.oracle:
+    match = oracle_match(visible_pids, infrared_pids)
+  else:
+    match = clustering.mbccm_match(centers[VISIBLE], centers[INFRARED])
   stats['match/mean_partners_infrared'] = float(match.mean_partners_infrared)
   stats['match/mean_partners_visible'] = float(match.mean_partners_visible)
   stats.update({f'match/{k}': v for k, v in clustering.match_diagnostics(

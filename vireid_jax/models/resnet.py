@@ -332,3 +332,18 @@ def init_variables(model: TwoStreamResNet, rng: Array,
   model = model.clone(stage_sizes=tuple(model.stage_sizes))  # a static jit argument: hashable
   variables = _init(model, jax.random.bits(rng, dtype=jnp.uint32), tuple(image_shape))
   return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+
+
+def copy_visible_stem_to_infrared(variables: dict) -> dict:
+  """Variables whose infrared stem (params and BN statistics) equals the visible stem.
+
+  The paper initialises both stems from the same ImageNet weights; this gives a randomly
+  initialised network the same property, so both modalities start in one feature space.
+  """
+  copied = {}
+  for collection, tree in variables.items():
+    tree = dict(tree)
+    if 'visible_stem' in tree:
+      tree['infrared_stem'] = jax.tree.map(jnp.array, tree['visible_stem'])
+    copied[collection] = tree
+  return copied
