@@ -18,7 +18,6 @@ search for that shape (well under a second), and that is counted, as in a run's 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,24 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def sphere_clusters(n: int, dim: int, noise: float, seed: int) -> np.ndarray:
-  """(n, dim) float32 unit rows around n // 20 random directions; generated in row blocks."""
-  rng = np.random.default_rng(seed)
-  centers = rng.standard_normal((max(1, n // 20), dim), dtype=np.float32)
-  centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-  assignment = rng.integers(0, len(centers), n)
-  features = np.empty((n, dim), np.float32)
-  for start in range(0, n, 4096):
-    rows = slice(start, min(start + 4096, n))
-    block = centers[assignment[rows]] + (noise / np.sqrt(dim)) * rng.standard_normal(
-        (len(assignment[rows]), dim), dtype=np.float32)
-    features[rows] = block / np.linalg.norm(block, axis=1, keepdims=True)
-  return features
-
-
-def peak_memory_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+from benchmarks import common  # pylint: disable=g-import-not-at-top
 
 
 def measure(n: int, args) -> dict:
@@ -54,11 +36,11 @@ def measure(n: int, args) -> dict:
   from vireid_jax.clustering import neighbors
 
   k = min(args.k1, n)
-  warm = sphere_clusters(64, args.dim, args.noise, seed=1)
+  warm = common.sphere_clusters(64, args.dim, args.noise, seed=1)
   # Load the compiled kernels (numba caches them on disk) outside the timing.
   sparse_dbscan.dbscan(jaccard.jaccard_distance(warm, args.k1, args.k2, args.eps), args.eps)
-  features = sphere_clusters(n, args.dim, args.noise, seed=0)
-  memory_before = peak_memory_mb()
+  features = common.sphere_clusters(n, args.dim, args.noise, seed=0)
+  memory_before = common.peak_host_mb()
   t0, c0 = time.perf_counter(), time.process_time()
   index, similarities = neighbors.nearest_neighbors(features, k)
   t1, c1 = time.perf_counter(), time.process_time()
@@ -72,7 +54,7 @@ def measure(n: int, args) -> dict:
       'jaccard_s': t2 - t0, 'dbscan_s': t3 - t2, 'total_s': t3 - t0,
       # CPU seconds of all threads: on a shared machine, wall time / CPU time shows contention.
       'search_cpu_s': c1 - c0, 'rest_cpu_s': c3 - c1, 'load_average': os.getloadavg()[0],
-      'peak_mb': peak_memory_mb(), 'features_and_runtime_mb': memory_before,
+      'peak_mb': common.peak_host_mb(), 'features_and_runtime_mb': memory_before,
       'stored_fraction': distance.nnz / n / n, 'clusters': int(labels.max()) + 1,
       'outliers': int(np.sum(labels < 0)),
   }

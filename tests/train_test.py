@@ -141,3 +141,14 @@ def test_identical_stems_give_both_modalities_one_feature_space(identical):
   if identical:  # copies, not aliases: donating the state must not free one buffer twice
     assert (state.params['infrared_stem']['conv1']['kernel'] is not
             state.params['visible_stem']['conv1']['kernel'])
+
+
+def test_oracle_match_pairs_clusters_of_the_same_identity():
+  visible_pids = np.array([7, 3, 3, 9, 7])
+  infrared_pids = np.array([9, 3, 7, 7])
+  match = train.oracle_match(visible_pids, infrared_pids)
+  # Clusters are the sorted identities (3, 7, 9) on both sides, so the mask is the identity.
+  np.testing.assert_array_equal(match.mask, np.eye(3, dtype=bool))
+  assert match.mean_partners_infrared == match.mean_partners_visible == 1.0
+  with pytest.raises(ValueError, match=r'\[5\]'):
+    train.oracle_match(np.array([3, 5]), np.array([3]))

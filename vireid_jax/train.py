@@ -168,7 +168,7 @@ def oracle_match(visible_pids: np.ndarray, infrared_pids: np.ndarray):
   """The match of `cluster.oracle`: clusters are identities, matched when they are the same."""
   visible_ids, infrared_ids = np.unique(visible_pids), np.unique(infrared_pids)
   mask = infrared_ids[:, None] == visible_ids[None, :]
-  unmatched = sorted(set(visible_ids) ^ set(infrared_ids))
+  unmatched = sorted(int(pid) for pid in set(visible_ids) ^ set(infrared_ids))
   if unmatched:
     raise ValueError(f'cluster.oracle needs every identity in both modalities; missing a '
                      f'partner: {unmatched[:10]}')

@@ -1,0 +1,319 @@
+"""Shared pieces of the benchmark scripts: flags, the config they build, measuring, printing.
+
+Every script prints one JSON line per measurement on stdout (progress goes to stderr), so a run
+can be piped into a file and read back with `json.loads` line by line. Each line carries what
+was measured, the device and the compute precision, the peak host memory so far and, where the
+backend reports it, the peak accelerator memory:
+
+  {"what": "train_step/stage2", "median_ms": ..., "images_per_s": ..., "batch": 432, ...}
+
+Import as `from benchmarks import common` after putting the repository root on sys.path (each
+script does that first, so `python benchmarks/x.py` works from anywhere).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+# SYSU-MM01 training split (SPEC.md: Data): images per modality, identities.
+SYSU_VISIBLE = 22258
+SYSU_INFRARED = 11909
+SYSU_IDENTITIES = 395
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+  """Flags shared by the scripts; defaults are the paper's sizes (config.base_config())."""
+  group = parser.add_argument_group('sizes (defaults: the paper; small values for CPU smoke runs)')
+  group.add_argument('--image-size', type=int, nargs=2, default=(288, 144),
+                     metavar=('H', 'W'), help='image height and width (288 144)')
+  group.add_argument('--clusters', type=int, default=12,
+                     help='clusters per modality per step (12)')
+  group.add_argument('--instances', type=int, default=12, help='images per cluster (12)')
+  group.add_argument('--width', type=int, default=64, help='stem channels (64: ResNet-50)')
+  group.add_argument('--block', choices=('bottleneck', 'basic'), default='bottleneck')
+  group.add_argument('--stage-sizes', type=int, nargs=4, default=(3, 4, 6, 3),
+                     metavar='N', help='blocks of layer1..layer4 (3 4 6 3: ResNet-50)')
+  group.add_argument('--pad', type=int, default=None,
+                     help='augmentation zero padding (default: config, 10)')
+  parser.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
+                      help='compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU')
+  parser.add_argument('--repeats', type=int, default=5,
+                      help='timed repeats; the median is reported')
+  parser.add_argument('--seed', type=int, default=0)
+
+
+def make_config(args: argparse.Namespace):
+  """config.base_config() with the sizes of the flags; everything else stays the paper's."""
+  from vireid_jax import config as config_lib
+  config = config_lib.base_config()
+  config.seed = args.seed
+  config.data.image_height, config.data.image_width = args.image_size
+  config.model.width = args.width
+  config.model.block = args.block
+  config.model.stage_sizes = tuple(args.stage_sizes)
+  config.model.dtype = args.dtype
+  config.sampler.clusters_per_step = args.clusters
+  config.sampler.instances_per_cluster = args.instances
+  if args.pad is not None:
+    config.augment.pad = args.pad
+  return config
+
+
+def precision(config) -> str:
+  """The compute dtype the convolutions run in ('bfloat16' / 'float32')."""
+  from vireid_jax import models
+  return str(np.dtype(models.compute_dtype(config.model.dtype)))
+
+
+def device_description() -> dict:
+  import jax
+  devices = jax.local_devices()
+  return {'device': devices[0].device_kind, 'platform': devices[0].platform,
+          'num_devices': len(devices)}
+
+
+def peak_host_mb() -> float:
+  """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_memory_mb() -> dict:
+  """Peak and current accelerator memory (MiB, the largest over local devices), if reported.
+
+  GPU and TPU backends report `memory_stats()`; the CPU backend returns None, and then this is
+  {}.
+  """
+  import jax
+  peaks, in_use = [], []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats()
+    except Exception:  # some backends raise instead of returning None
+      stats = None
+    if stats and 'peak_bytes_in_use' in stats:
+      peaks.append(stats['peak_bytes_in_use'])
+      in_use.append(stats.get('bytes_in_use', 0))
+  if not peaks:
+    return {}
+  return {'device_peak_mb': max(peaks) / 2**20, 'device_in_use_mb': max(in_use) / 2**20}
+
+
+def emit(record: dict, context: dict) -> dict:
+  """Prints `record` as one JSON line, after `context` (device, precision, ...) and memory."""
+  line = dict(record)
+  line.update(context)
+  line['host_peak_mb'] = peak_host_mb()
+  line.update(device_memory_mb())
+  print(json.dumps(_finite_or_none(line)), flush=True)
+  return line
+
+
+def _finite_or_none(record: dict) -> dict:
+  """NaN / inf are not JSON: they become null (a measurement that failed, visibly)."""
+  return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+          for k, v in record.items()}
+
+
+def log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+  """(seconds, result) of fn(); fn must block on what it computes (jax.block_until_ready)."""
+  start = time.perf_counter()
+  result = fn()
+  return time.perf_counter() - start, result
+
+
+@contextlib.contextmanager
+def profile(root: str, name: str, summary: Optional[dict] = None):
+  """A jax.profiler trace of the enclosed code in root/name; does nothing when root is ''.
+
+  When `summary` is a dict, it is filled with `summarize_trace` of the trace afterwards.
+  """
+  if not root:
+    yield
+    return
+  import jax
+  directory = os.path.join(root, name)
+  os.makedirs(directory, exist_ok=True)
+  with jax.profiler.trace(directory):
+    yield
+  log(f'{name}: profile written to {directory} (view: pip install xprof; xprof --logdir '
+      f'{root}, or TensorBoard with its profile plugin)')
+  if summary is not None:
+    summary.update(summarize_trace(directory))
+
+
+def _interval_union(intervals: list[tuple[float, float]]) -> float:
+  total, end = 0.0, -math.inf
+  for start, stop in sorted(intervals):
+    if stop > end:
+      total += stop - max(start, end)
+      end = stop
+  return total
+
+
+def summarize_trace(directory: str, top: int = 10) -> dict:
+  """How busy the device was in a trace, and where its time went.
+
+  Reads the newest `*.trace.json.gz` that jax.profiler wrote under `directory`. Device work is
+  the kernels on a GPU's streams or a TPU's 'XLA Ops' line; on the CPU backend, the XLA ops run
+  by its worker threads. `device_busy_fraction` is the union of those intervals over the
+  traced window (first to last event of any kind): 1 - it is the time the device sat idle,
+  waiting on the host or on nothing. `top_ops` sums each op's time (fusions etc. by name, the
+  numeric suffix dropped), the largest first, in ms. A convenience for quick reads; xprof shows
+  the full trace.
+  """
+  import glob
+  import gzip
+  import re
+  paths = sorted(glob.glob(os.path.join(directory, '**', '*.trace.json.gz'), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    return {}
+  with gzip.open(paths[-1]) as f:
+    events = json.load(f)['traceEvents']
+  processes = {e['pid']: e['args']['name'] for e in events
+               if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  threads = {(e['pid'], e['tid']): e['args']['name'] for e in events
+             if e.get('ph') == 'M' and e.get('name') == 'thread_name'}
+  spans = [e for e in events if e.get('ph') == 'X' and 'dur' in e]
+  if not spans:
+    return {}
+  device_pids = {pid for pid, name in processes.items() if name.startswith('/device:')}
+  if device_pids:
+    on_device = [e for e in spans if e['pid'] in device_pids]
+    op_lines = [e for e in on_device
+                if threads.get((e['pid'], e['tid']), '').startswith(('Stream', 'XLA Ops'))]
+    ops = op_lines or on_device
+  else:  # CPU backend: XLA's worker threads, without the executor's wrapper events
+    ops = [e for e in spans if threads.get((e['pid'], e['tid']), '').startswith('tf_XLA')
+           and not e['name'].startswith(('ThunkExecutor', 'end:'))]
+  window = (max(e['ts'] + e['dur'] for e in spans) - min(e['ts'] for e in spans))
+  busy = _interval_union([(e['ts'], e['ts'] + e['dur']) for e in ops])
+  per_op: dict[str, float] = {}
+  for e in ops:
+    name = re.sub(r'\.\d+$', '', e['name'])
+    per_op[name] = per_op.get(name, 0.0) + e['dur']
+  # Trace timestamps and durations are in microseconds.
+  return {'trace_window_ms': window / 1e3, 'device_busy_fraction': busy / window if window else 0.0,
+          'top_ops': [[name, round(us / 1e3, 3)] for name, us in
+                      sorted(per_op.items(), key=lambda item: -item[1])[:top]]}
+
+
+def median(values: Sequence[float]) -> float:
+  return float(statistics.median(values))
+
+
+def memory_analysis_mb(compiled) -> dict:
+  """What XLA planned for a compiled step: arguments, outputs, temporaries (MiB).
+
+  Available on every backend (CPU included), so it shows the step's memory need where no
+  accelerator is at hand; an accelerator's real peak (`device_peak_mb`) also counts allocator
+  slack and the arrays that live outside the step.
+  """
+  try:
+    analysis = compiled.memory_analysis()
+  except Exception:
+    analysis = None
+  if analysis is None:
+    return {}
+  fields = {'argument_size_in_bytes': 'step_arguments_mb', 'output_size_in_bytes':
+            'step_outputs_mb', 'temp_size_in_bytes': 'step_temporaries_mb',
+            'alias_size_in_bytes': 'step_aliased_mb'}
+  record = {name: getattr(analysis, field) / 2**20 for field, name in fields.items()
+            if getattr(analysis, field, None) is not None}
+  if len(record) == len(fields):
+    # Live at once at worst: inputs, temporaries, and the outputs not written over donated inputs.
+    record['step_peak_estimate_mb'] = (record['step_arguments_mb'] + record['step_outputs_mb']
+                                       - record['step_aliased_mb']
+                                       + record['step_temporaries_mb'])
+  return record
+
+
+def random_images(num: int, height: int, width: int, seed: int) -> np.ndarray:
+  """(num, height, width, 3) uint8 noise; ~1 GB/s, so the SYSU sizes (4.3 GB) take seconds."""
+  rng = np.random.default_rng(seed)
+  return np.frombuffer(rng.bytes(num * height * width * 3), np.uint8).reshape(
+      num, height, width, 3)
+
+
+def sphere_clusters(n: int, dim: int, noise: float, seed: int,
+                    num_centers: Optional[int] = None,
+                    return_assignment: bool = False):
+  """(n, dim) float32 unit rows around `num_centers` random directions (default n // 20).
+
+  `noise` is the norm of the Gaussian noise added to a unit centre before renormalising.
+  Generated in row blocks so the temporaries stay small. With `return_assignment`, also the
+  (n,) int centre of each row (a stand-in for identities).
+  """
+  rng = np.random.default_rng(seed)
+  num_centers = max(1, n // 20) if num_centers is None else num_centers
+  centers = rng.standard_normal((num_centers, dim), dtype=np.float32)
+  centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+  assignment = rng.integers(0, len(centers), n)
+  features = np.empty((n, dim), np.float32)
+  for start in range(0, n, 4096):
+    rows = slice(start, min(start + 4096, n))
+    block = centers[assignment[rows]] + (noise / np.sqrt(dim)) * rng.standard_normal(
+        (len(assignment[rows]), dim), dtype=np.float32)
+    features[rows] = block / np.linalg.norm(block, axis=1, keepdims=True)
+  return (features, assignment) if return_assignment else features
+
+
+def dispatch_steps(step_fn, state, memories, visible_images, infrared_images, plan,
+                   num_steps: int, epoch_key, lr: float):
+  """Runs `num_steps` train steps the way `Trainer.train_epoch` does, without blocking.
+
+  Each step gets `fold_in(epoch_key, step)` as its key and the plan's row `step`; metrics stay
+  on the device (fetched once by the caller), so the host only dispatches and the device queue
+  never drains while there are steps left.
+
+  Returns:
+    (state, memories, per-step metrics as device arrays).
+  """
+  import jax
+  per_step = []
+  for step in range(num_steps):
+    rng = jax.random.fold_in(epoch_key, step)
+    state, memories, metrics = step_fn(state, memories, visible_images, infrared_images, plan,
+                                       np.int32(step), rng, np.float32(lr))
+    per_step.append(metrics)
+  return state, memories, per_step
+
+
+def synthetic_clusters(num_visible: int, num_infrared: int, visible_clusters: int,
+                       infrared_clusters: int, dim: int, seed: int):
+  """An `EpochClusters` as clustering would hand the trainer, without running clustering.
+
+  Image i of a modality belongs to cluster i mod K (every cluster non-empty, no outliers);
+  centres are random unit rows; the match mask comes from the real `mbccm_match` on them.
+  """
+  from vireid_jax import clustering
+  from vireid_jax import train
+  if num_visible < visible_clusters or num_infrared < infrared_clusters:
+    raise ValueError(f'{num_visible} visible / {num_infrared} infrared images cannot fill '
+                     f'{visible_clusters} / {infrared_clusters} clusters: pass fewer '
+                     '--memory-clusters or more --num-images')
+  rng = np.random.default_rng(seed)
+
+  def unit_rows(k):
+    rows = rng.standard_normal((k, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+  visible_centers, infrared_centers = unit_rows(visible_clusters), unit_rows(infrared_clusters)
+  return train.EpochClusters(
+      visible_labels=np.arange(num_visible) % visible_clusters,
+      infrared_labels=np.arange(num_infrared) % infrared_clusters,
+      visible_centers=visible_centers, infrared_centers=infrared_centers,
+      match=clustering.mbccm_match(visible_centers, infrared_centers), stats={})

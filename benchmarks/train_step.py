@@ -1,0 +1,150 @@
+"""Milliseconds of the full stage-1 and stage-2 train steps, compilation excluded.
+
+  python benchmarks/train_step.py                      # the paper's batch: 12 x 12 per modality
+  python benchmarks/train_step.py --stage 2 --profile /tmp/trace   # also a jax.profiler trace
+  python benchmarks/train_step.py --compile-only       # XLA's memory plan only (any backend)
+  python benchmarks/train_step.py --image-size 32 16 --clusters 4 --instances 2 --width 8 \
+      --block basic --stage-sizes 1 1 1 1 --num-images 64 --memory-clusters 8 8 \
+      --steps 3 --repeats 2                            # the CPU smoke size of the test suite
+
+The step is the trainer's own (`vireid_jax.train.make_train_step`): gather of the uint8 images
+resident on the device, on-device augmentation, forward, every loss, backward, Adam and the
+memory updates, on a batch of 2 x B visible views + B infrared images (B = clusters x
+instances; 432 images at the paper's sizes). Steps are dispatched back to back as
+`Trainer.train_epoch` does (keys folded in per step, metrics fetched once at the end) and each
+repeat of `--steps` steps is timed with `jax.block_until_ready`; the median over repeats is
+reported per step. Compilation is timed apart (ahead of time, so it is not run twice), with
+XLA's memory plan of the step. `dispatch_ms` is the host time spent issuing one step: while it
+stays well below `median_ms`, the accelerator never waits on the host (on the CPU backend the
+host and the "device" share the cores, so there it means little). `--profile` also prints the
+device's busy fraction over a traced repeat and its most expensive ops.
+
+Inputs are synthetic: uint8 noise images, cluster labels i mod K, random unit centres matched
+by the real MBCCM matching. Speed does not depend on their content, except the multiplicative
+rectangles of visible view A, whose loop length depends on the image (noise is typical).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  common.add_model_flags(parser)
+  parser.add_argument('--stage', type=int, nargs='+', choices=(1, 2), default=(1, 2),
+                      help='which train steps to measure')
+  parser.add_argument('--steps', type=int, default=20, help='steps per timed repeat')
+  parser.add_argument('--num-images', type=int, default=4096,
+                      help='resident uint8 images per modality the step gathers from')
+  parser.add_argument('--memory-clusters', type=int, nargs=2, default=(512, 320),
+                      metavar=('VISIBLE', 'INFRARED'),
+                      help='clusters of the memories (SYSU epochs: a few hundred per modality)')
+  parser.add_argument('--compile-only', action='store_true',
+                      help="only compile and print XLA's memory plan of each step (any backend)")
+  parser.add_argument('--profile', default='',
+                      help='also write a jax.profiler trace of one repeat per stage under here')
+  return parser.parse_args(argv)
+
+
+def measure_stage(stage: int, args, config, mesh, model, state, clusters, images, context):
+  """Compiles and times one stage's step; returns (state, its records)."""
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec
+  from vireid_jax import sharding
+  from vireid_jax import train
+
+  visible_images, infrared_images = images
+  pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
+  plan = train.plan_epoch(config, clusters, stage, epoch=0)
+  plan = jax.device_put(plan, NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS)))
+  memories = train.build_memories(clusters, mesh)
+  lr = train.learning_rate(config.optim, 0)
+  epoch_key = jax.random.PRNGKey(args.seed)
+  step_fn = train.make_train_step(model, config, mesh, stage)
+
+  common.log(f'stage {stage}: compiling the step ({3 * pairs} images)')
+  compile_s, compiled = common.timed(lambda: step_fn.lower(
+      state, memories, visible_images, infrared_images, plan, np.int32(0), epoch_key,
+      np.float32(lr)).compile())
+  context = dict(context, batch=3 * pairs, pairs=pairs)
+  records = [common.emit({'what': f'train_step/stage{stage}/compile', 'seconds': compile_s,
+                          **common.memory_analysis_mb(compiled)}, context)]
+  if args.compile_only:
+    return state, records
+
+  def run_repeat():
+    nonlocal state, memories
+    start = time.perf_counter()
+    state, memories, per_step = common.dispatch_steps(
+        compiled, state, memories, visible_images, infrared_images, plan, args.steps,
+        epoch_key, lr)
+    dispatched = time.perf_counter() - start
+    per_step = jax.device_get(per_step)  # blocks: the trainer fetches metrics once per epoch
+    jax.block_until_ready((state, memories))
+    return time.perf_counter() - start, dispatched, per_step
+
+  run_repeat()  # warm-up: first execution, allocator growth
+  seconds, dispatch_seconds = [], []
+  for repeat in range(args.repeats):
+    elapsed, dispatched, per_step = run_repeat()
+    seconds.append(elapsed / args.steps)
+    dispatch_seconds.append(dispatched / args.steps)
+    common.log(f'stage {stage}: repeat {repeat + 1}/{args.repeats}: '
+               f'{1e3 * seconds[-1]:.1f} ms/step')
+  step_s = common.median(seconds)
+  losses = np.array([m['total'] for m in per_step], np.float64)
+  records.append(common.emit({
+      'what': f'train_step/stage{stage}', 'median_ms': 1e3 * step_s,
+      'min_ms': 1e3 * min(seconds), 'images_per_s': 3 * pairs / step_s,
+      'dispatch_ms': 1e3 * common.median(dispatch_seconds),
+      'steps_per_repeat': args.steps, 'repeats': args.repeats,
+      'last_loss': float(losses[-1]), 'finite_losses': bool(np.isfinite(losses).all()),
+  }, context))
+  if args.profile:
+    trace = {}
+    with common.profile(args.profile, f'train_step_stage{stage}', trace):
+      run_repeat()
+    records.append(common.emit({'what': f'train_step/stage{stage}/profile',
+                                'steps': args.steps, **trace}, context))
+  return state, records
+
+
+def main(argv=None) -> list[dict]:
+  args = parse_args(argv)
+  import jax
+  from vireid_jax import models
+  from vireid_jax import sharding
+  from vireid_jax import train
+
+  config = common.make_config(args)
+  config.sampler.steps_per_epoch = args.steps
+  mesh = sharding.make_mesh()
+  pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
+  sharding.check_divisible(pairs, mesh, 'images per modality per step (--clusters x --instances)')
+  model = models.build_model(config.model)
+  height, width = args.image_size
+  images = tuple(  # (visible, infrared), each (num_images, H, W, 3) uint8 on the device
+      sharding.put_replicated(common.random_images(args.num_images, height, width, seed), mesh)
+      for seed in (args.seed, args.seed + 1))
+  clusters = common.synthetic_clusters(args.num_images, args.num_images, *args.memory_clusters,
+                                       dim=model.num_features, seed=args.seed)
+  state = sharding.put_replicated(
+      train.create_train_state(config, model, jax.random.PRNGKey(args.seed)), mesh)
+  context = dict(common.device_description(), precision=common.precision(config))
+  records = []
+  for stage in args.stage:
+    state, stage_records = measure_stage(stage, args, config, mesh, model, state, clusters,
+                                         images, context)
+    records.extend(stage_records)
+  return records
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,120 @@
+"""The benchmark scripts run end to end at tiny sizes and print sane JSON lines.
+
+Each script runs in its own process, as a user runs it, on one CPU device (extraction on two,
+so the batch rounding and the sharded index run too; tests/train_test.py covers the sharded
+step). No timing is asserted: only that every measurement is
+there, parseable, positive and finite, and that what was measured is what was asked for. The
+scripts share a persistent compilation cache, so the epoch's step reuses the one train_step.py
+compiled (same shapes) and the file stays fast.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL = ['--image-size', '32', '16', '--width', '8', '--block', 'basic',
+              '--stage-sizes', '1', '1', '1', '1', '--pad', '2']
+TINY_BATCH = ['--clusters', '4', '--instances', '2']
+CONTEXT_KEYS = {'what', 'device', 'platform', 'num_devices', 'precision', 'batch',
+                'host_peak_mb'}
+
+
+@pytest.fixture(scope='module')
+def run_script(tmp_path_factory):
+  cache = str(tmp_path_factory.mktemp('jax_cache'))
+
+  def run(name, *flags, devices=1):
+    env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+               # Unoptimised CPU code compiles twice as fast; these runs are tiny anyway.
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+                         '--xla_backend_optimization_level=0')
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', name), *flags],
+                            capture_output=True, text=True, timeout=300, env=env, cwd='/')
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    records = [json.loads(line) for line in lines]  # every stdout line is one JSON object
+    for record in records:
+      assert CONTEXT_KEYS <= set(record), record
+      assert record['device'] and record['platform'] == 'cpu'
+      assert record['num_devices'] == devices
+      assert record['precision'] == 'float32'  # 'auto' is float32 on a CPU
+    return records
+
+  return run
+
+
+def assert_positive_finite(record, keys):
+  for key in keys:
+    value = record[key]
+    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, record)
+
+
+def test_train_step_script_measures_both_stages(run_script):
+  records = run_script('train_step.py', *TINY_MODEL, *TINY_BATCH, '--num-images', '64',
+                       '--memory-clusters', '8', '8', '--steps', '3', '--repeats', '2')
+  assert [r['what'] for r in records] == [
+      'train_step/stage1/compile', 'train_step/stage1', 'train_step/stage2/compile',
+      'train_step/stage2']
+  for record in records:
+    assert record['batch'] == 24 and record['pairs'] == 8  # 2 x 8 visible views + 8 infrared
+  for compile_record in records[0::2]:
+    assert_positive_finite(compile_record, ['seconds', 'step_arguments_mb',
+                                            'step_temporaries_mb'])
+  for step in records[1::2]:
+    assert_positive_finite(step, ['median_ms', 'min_ms', 'images_per_s', 'dispatch_ms',
+                                  'host_peak_mb'])
+    assert step['min_ms'] <= step['median_ms']
+    assert step['images_per_s'] == pytest.approx(24 / (step['median_ms'] / 1e3), rel=1e-6)
+    assert step['repeats'] == 2 and step['steps_per_repeat'] == 3
+    assert step['finite_losses'] is True and step['last_loss'] > 0
+
+
+def test_extract_script_measures_images_per_second(run_script, tmp_path):
+  # 31 per call is rounded up to 32 for two devices; the last of 3 calls is padded.
+  records = run_script('extract.py', *TINY_MODEL, '--num-images', '72', '--batch-size', '31',
+                       '--repeats', '2', '--modality', 'infrared', '--profile',
+                       str(tmp_path), devices=2)
+  assert [r['what'] for r in records] == ['extract/infrared/first_pass', 'extract/infrared',
+                                          'extract/infrared/profile']
+  first, timed, profile = records
+  assert 0 < profile['device_busy_fraction'] <= 1
+  assert_positive_finite(profile, ['trace_window_ms'])
+  assert profile['top_ops'] and all(ms > 0 for _, ms in profile['top_ops'])
+  assert os.listdir(tmp_path / 'extract_infrared')  # the trace itself, for xprof
+  assert_positive_finite(first, ['seconds'])
+  assert_positive_finite(timed, ['seconds', 'median_ms', 'images_per_s'])
+  assert timed['batch'] == 32 and timed['num_images'] == 72
+  assert timed['images_per_s'] == pytest.approx(72 / timed['seconds'], rel=1e-6)
+  assert timed['unit_norm_features'] is True
+
+
+def test_epoch_script_times_every_phase(run_script):
+  # The same resident image counts as the train_step test: the step's compilation is cached.
+  records = run_script('epoch.py', *TINY_MODEL, *TINY_BATCH, '--num-visible', '64',
+                       '--num-infrared', '64', '--identities', '4', '--cluster-noise', '0.5',
+                       '--steps', '3')
+  assert [r['what'] for r in records] == ['epoch/first', 'epoch']
+  for record in records:
+    assert record['stage'] == 2 and record['steps'] == 3 and record['batch'] == 24
+    assert record['num_visible'] == 64 and record['num_infrared'] == 64
+    assert_positive_finite(record, ['seconds', 'extract_s', 'cluster_s', 'match_s', 'plan_s',
+                                    'memories_s', 'train_s', 'dispatch_s', 'step_ms',
+                                    'images_per_s', 'images_mb'])
+    phases = sum(record[f'{p}_s'] for p in ('extract', 'cluster', 'plan', 'memories', 'train'))
+    assert record['seconds'] == pytest.approx(phases, rel=1e-6)
+    assert record['match_s'] <= record['cluster_s'] + 1e-3
+    assert record['dispatch_s'] <= record['train_s']
+    # Four well-separated planted identities per modality: clustering finds each of them.
+    assert record['visible_clusters'] == 4 and record['infrared_clusters'] == 4
+    assert record['finite_losses'] is True
+  first, timed = records
+  assert first['recompiled'] is True and timed['recompiled'] is False
+  assert timed['repeats'] == 1
+  assert timed['images_mb'] == pytest.approx((64 + 64) * 32 * 16 * 3 / 2**20)
