@@ -112,15 +112,21 @@ def plot_curves(history, path: str) -> None:
   ax.set(title='clustering', xlabel='epoch')
   _legend(ax)
   ax = axes[1, 1]
-  for key, label in (('match/mean_partners_infrared', 'partners per infrared cluster'),
-                     ('match/mean_partners_visible', 'partners per visible cluster'),
-                     ('visible/purity', 'visible purity'), ('infrared/purity', 'infrared purity'),
+  for key, label in (('visible/purity', 'visible purity'), ('infrared/purity', 'infrared purity'),
                      ('match/pair_precision', 'matched pairs sharing an id')):
     points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
     if points:
       ax.plot(*zip(*points), marker='.', label=label)
-  ax.set(title='matching and cluster quality', xlabel='epoch')
-  _legend(ax, fontsize=8)
+  ax.set(title='cluster and matching quality (true ids)', xlabel='epoch', ylim=(0, 1.05))
+  _legend(ax, fontsize=8, loc='upper left')
+  partners_ax = ax.twinx()  # counts, on their own scale
+  for key, label, style in (('match/mean_partners_infrared', 'partners / infrared cluster', ':'),
+                            ('match/mean_partners_visible', 'partners / visible cluster', '--')):
+    points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
+    if points:
+      partners_ax.plot(*zip(*points), linestyle=style, color='grey', label=label)
+  partners_ax.set_ylabel('mean partners')
+  _legend(partners_ax, fontsize=8, loc='upper right')
   fig.tight_layout()
   tmp = path + '.tmp.png'
   fig.savefig(tmp, dpi=90)
