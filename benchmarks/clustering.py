@@ -46,7 +46,7 @@ def measure(n: int, args) -> dict:
   t1, c1 = time.perf_counter(), time.process_time()
   distance = jaccard.jaccard_from_neighbors(features, index, similarities, args.k1, args.k2,
                                             max_distance=args.eps)
-  t2, c2 = time.perf_counter(), time.process_time()
+  t2 = time.perf_counter()
   labels = sparse_dbscan.dbscan(distance, args.eps, args.min_samples)
   t3, c3 = time.perf_counter(), time.process_time()
   return {

@@ -97,7 +97,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> str:
   results = evaluate_features(config, extract, test_visible, test_infrared,
                               trials=config.eval.trials, full=True)
   out_dir = os.path.join(workdir, 'eval')
-  name = f'{config.data.dataset}_{config.eval.checkpoint if config.eval.checkpoint in ("best", "latest") else "checkpoint"}'
+  which = config.eval.checkpoint if config.eval.checkpoint in ('best', 'latest') else 'checkpoint'
+  name = f'{config.data.dataset}_{which}'
   if config.data.dataset == 'regdb':
     name += f'_trial{config.data.trial}'
   _, markdown_path = evaluation.write_results(results, out_dir, name)

@@ -82,49 +82,45 @@ def _legend(ax, **kwargs) -> None:
     ax.legend(**kwargs)
 
 
-def plot_curves(history, path: str) -> None:
-  entries = [e for e in history if e['epoch'] >= 0 and 'skipped' not in e]
-  evals = [e for e in history if 'headline' in e]
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-  ax = axes[0, 0]
-  for key, label in (('loss/total', 'total'), ('loss/ms', 'L_ms'), ('loss/ma', 'L_ma'),
-                     ('loss/cc', 'L_cc')):
+def _plot_series(ax, entries, series, **style) -> None:
+  """One line per (history key, label) present in the entries, against the 1-based epoch."""
+  for key, label in series:
     points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
     if points:
-      ax.plot(*zip(*points), marker='.', label=label)
+      ax.plot(*zip(*points), label=label, **style)
+
+
+def plot_curves(history, path: str) -> None:
+  entries = [e for e in history if e['epoch'] >= 0 and 'skipped' not in e]
+  evals = [dict(e['headline'], epoch=e['epoch']) for e in history if 'headline' in e]
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+  ax = axes[0, 0]
+  _plot_series(ax, entries, (('loss/total', 'total'), ('loss/ms', 'L_ms'), ('loss/ma', 'L_ma'),
+                             ('loss/cc', 'L_cc')), marker='.')
   ax.set(title='training loss (mean per epoch)', xlabel='epoch')
   _legend(ax)
   ax = axes[0, 1]
-  for key in ('mAP', 'rank1', 'mINP'):
-    if evals:
-      ax.plot([e['epoch'] + 1 for e in evals], [e['headline'][key] for e in evals], marker='o',
-              label=key)
+  _plot_series(ax, evals, (('mAP', 'mAP'), ('rank1', 'Rank-1'), ('mINP', 'mINP')), marker='o')
   ax.set(title='evaluation (epoch 0 = untrained)', xlabel='epoch', ylabel='%')
   _legend(ax)
   ax = axes[1, 0]
-  for key, label in (('visible/clusters', 'visible clusters'),
-                     ('infrared/clusters', 'infrared clusters'),
-                     ('visible/outliers', 'visible outliers'),
-                     ('infrared/outliers', 'infrared outliers')):
-    points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
-    if points:
-      ax.plot(*zip(*points), marker='.', label=label)
+  _plot_series(ax, entries, (('visible/clusters', 'visible clusters'),
+                             ('infrared/clusters', 'infrared clusters'),
+                             ('visible/outliers', 'visible outliers'),
+                             ('infrared/outliers', 'infrared outliers')), marker='.')
   ax.set(title='clustering', xlabel='epoch')
   _legend(ax)
   ax = axes[1, 1]
-  for key, label in (('visible/purity', 'visible purity'), ('infrared/purity', 'infrared purity'),
-                     ('match/pair_precision', 'matched pairs sharing an id')):
-    points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
-    if points:
-      ax.plot(*zip(*points), marker='.', label=label)
+  _plot_series(ax, entries, (('visible/purity', 'visible purity'),
+                             ('infrared/purity', 'infrared purity'),
+                             ('match/pair_precision', 'matched pairs sharing an id')), marker='.')
   ax.set(title='cluster and matching quality (true ids)', xlabel='epoch', ylim=(0, 1.05))
   _legend(ax, fontsize=8, loc='upper left')
   partners_ax = ax.twinx()  # counts, on their own scale
-  for key, label, style in (('match/mean_partners_infrared', 'partners / infrared cluster', ':'),
-                            ('match/mean_partners_visible', 'partners / visible cluster', '--')):
-    points = [(e['epoch'] + 1, e[key]) for e in entries if key in e]
-    if points:
-      partners_ax.plot(*zip(*points), linestyle=style, color='grey', label=label)
+  for side, linestyle in (('infrared', ':'), ('visible', '--')):
+    _plot_series(partners_ax, entries,
+                 ((f'match/mean_partners_{side}', f'partners / {side} cluster'),),
+                 linestyle=linestyle, color='grey')
   partners_ax.set_ylabel('mean partners')
   _legend(partners_ax, fontsize=8, loc='upper right')
   fig.tight_layout()

@@ -8,8 +8,6 @@ the whole epoch ahead and dispatches.
 """
 
 import dataclasses
-import functools
-import json
 import os
 import time
 from typing import Any
@@ -257,6 +255,10 @@ class Trainer:
                  len(self.test_infrared))
     self.visible_images = sharding.put_replicated(self.train_visible.images, self.mesh)
     self.infrared_images = sharding.put_replicated(self.train_infrared.images, self.mesh)
+    # The devices hold the training images from here on; keep only the labels on the host
+    # (SYSU-MM01 at 288x144 would otherwise cost 4.3 GB twice).
+    self.train_visible = self.train_visible.without_images()
+    self.train_infrared = self.train_infrared.without_images()
     self.extract_batch = extract_lib.make_extract_fn(
         self.model, tuple(config.data.mean), tuple(config.data.std), config.eval.flip)
     self.step_fns = {stage: make_train_step(self.model, config, self.mesh, stage)
@@ -283,7 +285,7 @@ class Trainer:
     self.start_epoch = record['epoch']
     logging.info('resumed from %s after epoch %d', self.workdir, self.start_epoch)
     print(f'Resuming {self.workdir} after epoch {self.start_epoch} '
-          f'(best mAP so far {self.best["mAP"]:.2f} at epoch {self.best["epoch"]}).')
+          f'(best mAP so far {self.best["mAP"]:.2f} after epoch {self.best["epoch"] + 1}).')
 
   def variables(self) -> dict:
     return {'params': self.state.params, 'batch_stats': self.state.batch_stats}

@@ -39,6 +39,11 @@ class ImageSet:
   def __len__(self) -> int:
     return len(self.images)
 
+  def without_images(self) -> 'ImageSet':
+    """The same labels with a (N, 0, 0, 3) placeholder, once the pixels live elsewhere."""
+    return ImageSet(np.zeros((len(self), 0, 0, 3), np.uint8), self.pids, self.cams, self.paths,
+                    self.modality)
+
   def subset(self, index: np.ndarray) -> 'ImageSet':
     return ImageSet(self.images[index], self.pids[index], self.cams[index], self.paths[index],
                     self.modality)
