@@ -10,6 +10,7 @@ Any config field can be overridden with --config.<path>=<value>; a mistyped path
 that names it.
 """
 
+import ast
 import sys
 
 from absl import app
@@ -31,7 +32,12 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
+_MAIN_STARTED = False
+
+
 def main(argv):
+  global _MAIN_STARTED
+  _MAIN_STARTED = True
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}; settings go in --config.<field>=<value>')
   # Imports after flag parsing so that `--help` is instant and JAX sees the environment.
@@ -71,4 +77,16 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  try:
+    app.run(main)
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    if _MAIN_STARTED:
+      raise
+    # Raised while absl applied a --config.<field> override: a field that does not exist (the
+    # message suggests the nearest one) or a value of the wrong type.
+    detail = str(error)
+    try:  # absl wraps the KeyError's repr in an AttributeError: unwrap the quoting
+      detail = str(ast.literal_eval(detail))
+    except (ValueError, SyntaxError):
+      pass
+    _fail('bad --config override: ' + detail.replace('\n', ' '))
