@@ -4,6 +4,7 @@ Everything is derived from the run's history (a list of per-epoch dicts kept in 
 checkpoint), so the report of a resumed run is the same as that of an uninterrupted one.
 """
 
+import math
 import os
 
 import matplotlib
@@ -31,6 +32,9 @@ def epoch_line(entry: dict, epochs: int) -> str:
                  f'{entry.get("infrared/outliers", 0):.0f}')
     parts.append(f'partners I/V {entry.get("match/mean_partners_infrared", 0):.2f}/'
                  f'{entry.get("match/mean_partners_visible", 0):.2f}')
+    if not math.isnan(entry.get('visible/purity', math.nan)):  # NaN: no true identities known
+      parts.append(f'purity V/I {entry["visible/purity"]:.2f}/{entry["infrared/purity"]:.2f} '
+                   f'same-id pairs {entry.get("match/pair_precision", float("nan")):.2f}')
   if 'headline' in entry:
     h = entry['headline']
     parts.append(f'| R1 {h["rank1"]:.2f} mAP {h["mAP"]:.2f} mINP {h["mINP"]:.2f}')
