@@ -82,8 +82,16 @@ class _PreparedReidDataset(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         disable_shuffling=True,  # example i of a split = file i of the reader's list
     )
 
-  def _list_files(self, dataset_dir: str) -> dict[str, FileList]:
+  def _list_split(self, dataset_dir: str, split: str) -> tuple[FileList, FileList]:
+    """(visible, infrared) files of 'train' or 'test', from the dataset's reader."""
     raise NotImplementedError
+
+  def _list_files(self, dataset_dir: str) -> dict[str, FileList]:
+    files = {}
+    for split in ('train', 'test'):
+      visible, infrared = self._list_split(dataset_dir, split)
+      files[f'{split}_visible'], files[f'{split}_infrared'] = visible, infrared
+    return files
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     files = self._list_files(os.fspath(dl_manager.manual_dir))
@@ -129,12 +137,8 @@ class VireidSysuMm01(_PreparedReidDataset):
     python main.py --mode prepare --config configs/sysu.py --config.data.root=<root>
   """
 
-  def _list_files(self, dataset_dir: str) -> dict[str, FileList]:
-    files = {}
-    for split in ('train', 'test'):
-      visible, infrared = sysu.list_split(dataset_dir, self.builder_config.layout, split)
-      files[f'{split}_visible'], files[f'{split}_infrared'] = visible, infrared
-    return files
+  def _list_split(self, dataset_dir: str, split: str) -> tuple[FileList, FileList]:
+    return sysu.list_split(dataset_dir, self.builder_config.layout, split)
 
 
 class VireidRegdb(_PreparedReidDataset):
@@ -150,12 +154,8 @@ class VireidRegdb(_PreparedReidDataset):
         --config.data.trial=<1..10>
   """
 
-  def _list_files(self, dataset_dir: str) -> dict[str, FileList]:
-    files = {}
-    for split in ('train', 'test'):
-      visible, infrared = regdb.list_split(dataset_dir, self.builder_config.trial, split)
-      files[f'{split}_visible'], files[f'{split}_infrared'] = visible, infrared
-    return files
+  def _list_split(self, dataset_dir: str, split: str) -> tuple[FileList, FileList]:
+    return regdb.list_split(dataset_dir, self.builder_config.trial, split)
 
 
 BUILDERS = {'sysu': VireidSysuMm01, 'regdb': VireidRegdb}
