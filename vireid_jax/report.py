@@ -136,10 +136,14 @@ def plot_curves(history, path: str) -> None:
 
 def write_report(workdir: str, history, best: dict, config) -> None:
   """Writes report.md and curves.png into `workdir` (atomically, each)."""
+  if config.data.dataset == 'sysu':
+    protocol = (f'SYSU-MM01 {config.eval.sysu_mode}-search, gallery draws '
+                f'{list(config.eval.train_trials)}')
+  else:
+    protocol = f'RegDB visible-to-thermal, split {config.data.trial}'
   lines = [f'# Training report: {config.data.dataset}', '',
-           f'Workdir `{os.path.abspath(workdir)}`. Evaluation during training: '
-           f'{"SYSU-MM01 " + config.eval.sysu_mode + "-search, " if config.data.dataset == "sysu" else "RegDB visible-to-thermal, "}'
-           f'gallery trials {list(config.eval.train_trials)}; values in %.', '']
+           f'Workdir `{os.path.abspath(workdir)}`. Evaluation during training: {protocol}; '
+           f'values in %.', '']
   if best['epoch'] >= 0:
     lines += [f'Best: mAP {best["mAP"]:.2f}, Rank-1 {best["rank1"]:.2f} after epoch '
               f'{best["epoch"] + 1} (checkpoints/best).', '']
