@@ -9,12 +9,12 @@ import functools
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from vireid_jax import augment
+from vireid_jax import models
 from vireid_jax import sharding
 from vireid_jax.data.types import INFRARED, VISIBLE
 
@@ -34,7 +34,7 @@ def make_extract_fn(model, mean, std, flip: bool) -> Callable:
     features = forward(batch)
     if flip:  # average with the mirror image, then renormalise (the usual re-id flip test)
       features = features + forward(batch[:, :, ::-1, :])
-      features = features / jnp.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
+      features = models.l2_normalize(features)
     return features
 
   return extract_batch
