@@ -18,6 +18,21 @@ def clustered_features(n, dim=32, clusters=None, noise=0.6, seed=0):
   return x.astype(np.float32)
 
 
+def exact_similarity(features):
+  """(N, N) float64 dot products whose ties are exact by construction.
+
+  BLAS (`f @ f.T`) may give two identical columns of one row different values, depending on
+  the kernel and on where the column sits; then the reference's neighbour order among
+  duplicated features depends on the machine. Here every entry is the same sequence of
+  elementwise float64 products and additions, so identical features give identical values.
+  """
+  features = np.asarray(features, np.float64)
+  similarity = np.zeros((len(features), len(features)))
+  for d in range(features.shape[1]):
+    similarity += features[:, None, d] * features[None, :, d]
+  return similarity
+
+
 def dense_jaccard(features, k1, k2):
   """The reference algorithm, row by row on dense N x N arrays, its conventions kept.
 
@@ -26,7 +41,7 @@ def dense_jaccard(features, k1, k2):
   round(k1/2) + 1. Returns the distance, V_qe, and (table, expansion sets) for coverage checks.
   """
   n = len(features)
-  similarity = features @ features.T
+  similarity = exact_similarity(features)
   table = np.argsort(-similarity, axis=1, kind='stable')[:, :min(k1, n)]
 
   def reciprocal(i, width):
@@ -126,7 +141,7 @@ def test_nearest_neighbors_equal_a_stable_sort():
   features[50] = features[10]  # a tie
   for block_size in (None, 16, 7):  # 7 and 16 leave a last partial (shifted) block
     index, similarity = neighbors.nearest_neighbors(features, 9, block_size=block_size)
-    full = features @ features.T
+    full = exact_similarity(features)
     expected = np.argsort(-full, axis=1, kind='stable')[:, :9]
     np.testing.assert_array_equal(index, expected)
     np.testing.assert_allclose(similarity, np.take_along_axis(full, expected, 1), atol=1e-6)
