@@ -37,7 +37,8 @@ def measure(n: int, args) -> dict:
 
   k = min(args.k1, n)
   warm = common.sphere_clusters(64, args.dim, args.noise, seed=1)
-  # Load the compiled kernels (numba caches them on disk) outside the timing.
+  # Load the compiled Jaccard kernels (numba caches them on disk) and scikit-learn outside the
+  # timing.
   sparse_dbscan.dbscan(jaccard.jaccard_distance(warm, args.k1, args.k2, args.eps), args.eps)
   features = common.sphere_clusters(n, args.dim, args.noise, seed=0)
   memory_before = common.peak_host_mb()
