@@ -24,17 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# F.normalize's eps in the reference: features are divided by max(|f|, 1e-12).
-_NORMALIZE_EPS = 1e-12
+from vireid_jax.models import l2_normalize
 
 ArrayLike = Union[jax.Array, np.ndarray]
-
-
-def normalize(x: jax.Array) -> jax.Array:
-  """Rows of `x` divided by max(|row|, 1e-12) (torch F.normalize), in float32."""
-  x = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, _NORMALIZE_EPS)
 
 
 @flax.struct.dataclass
@@ -93,8 +85,7 @@ def _normalize_rows(centers: ArrayLike) -> jax.Array:
   centers = jnp.asarray(centers, jnp.float32)
   if centers.ndim != 2:
     raise ValueError(f'cluster centres must be (K, C), got shape {centers.shape}')
-  norm = jnp.sqrt(jnp.sum(centers * centers, axis=1, keepdims=True))
-  return jnp.where(norm > 0, centers / jnp.where(norm > 0, norm, 1.0), 0.0)
+  return l2_normalize(centers)  # padding rows (zeros) stay zeros
 
 
 @jax.custom_vjp
@@ -137,7 +128,9 @@ def memory_logits(features: jax.Array, centers: jax.Array, temperature: float, *
   Returns:
     (B, K) float32 logits.
   """
-  f = normalize(features) if normalize_features else features.astype(jnp.float32)
+  f = features.astype(jnp.float32)
+  if normalize_features:
+    f = l2_normalize(f)
   centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
   if backward_centers is None:
     scores = jnp.matmul(f, centers.T, precision=jax.lax.Precision.HIGHEST)
@@ -175,7 +168,7 @@ def update_memory_sequential(centers: jax.Array, features: jax.Array, labels: ja
     (K, C) float32 updated table.
   """
   centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
-  features = normalize(jax.lax.stop_gradient(features))
+  features = l2_normalize(jax.lax.stop_gradient(features), dtype=jnp.float32)
   num_rows = centers.shape[0]
 
   def step(table, sample):
@@ -211,7 +204,7 @@ def update_memory_by_rank(centers: jax.Array, features: jax.Array, labels: jax.A
     (K, C) float32 updated table; equal to `update_memory_sequential` to float32 rounding.
   """
   centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
-  features = normalize(jax.lax.stop_gradient(features))
+  features = l2_normalize(jax.lax.stop_gradient(features), dtype=jnp.float32)
   num_rows, num_samples = centers.shape[0], features.shape[0]
   labels = labels.astype(jnp.int32)
   # Skipped samples get key K so they sort after every real row.

@@ -206,9 +206,15 @@ def gem_pool(x: Array, p: float, eps: float) -> Array:
   return (jnp.mean(x ** p, axis=(1, 2)) + eps) ** (1.0 / p)
 
 
-def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-  """x / max(|x|, eps) row-wise, as torch.nn.functional.normalize."""
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+def l2_normalize(x: Array, eps: float = 1e-12, dtype=None) -> Array:
+  """x / max(|x|, eps) row-wise, as torch.nn.functional.normalize.
+
+  `dtype` casts first: the memories and losses compute in float32 whatever the network's
+  compute dtype (`jnp.float32` there).
+  """
+  if dtype is not None:
+    x = x.astype(dtype)
+  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
   return x / jnp.maximum(norm, eps)
 
 
