@@ -5,12 +5,13 @@ checkpoint), so the report of a resumed run is the same as that of an uninterrup
 """
 
 import math
-import os
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+from vireid_jax import files  # noqa: E402
 
 HEADLINE_KEYS = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
 
@@ -128,10 +129,8 @@ def plot_curves(history, path: str) -> None:
   partners_ax.set_ylabel('mean partners')
   _legend(partners_ax, fontsize=8, loc='upper right')
   fig.tight_layout()
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=90)
+  files.save_figure(fig, path, dpi=90)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def write_report(workdir: str, history, best: dict, config) -> None:
@@ -142,15 +141,12 @@ def write_report(workdir: str, history, best: dict, config) -> None:
   else:
     protocol = f'RegDB visible-to-thermal, split {config.data.trial}'
   lines = [f'# Training report: {config.data.dataset}', '',
-           f'Workdir `{os.path.abspath(workdir)}`. Evaluation during training: {protocol}; '
+           f'Workdir `{files.path(workdir)}`. Evaluation during training: {protocol}; '
            f'values in %.', '']
   if best['epoch'] >= 0:
     lines += [f'Best: mAP {best["mAP"]:.2f}, Rank-1 {best["rank1"]:.2f} after epoch '
               f'{best["epoch"] + 1} (checkpoints/best).', '']
   lines += ['## Evaluations', ''] + _evaluation_table(history) + ['']
   lines += ['## Epochs', ''] + _epoch_table(history) + ['', '![curves](curves.png)', '']
-  tmp = os.path.join(workdir, 'report.md.tmp')
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(lines))
-  os.replace(tmp, os.path.join(workdir, 'report.md'))
-  plot_curves(history, os.path.join(workdir, 'curves.png'))
+  files.write_text(files.path(workdir) / 'report.md', '\n'.join(lines))
+  plot_curves(history, files.path(workdir) / 'curves.png')

@@ -32,6 +32,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from vireid_jax import files
 from vireid_jax.evaluation import metrics
 
 SYSU_GALLERY_CAMERAS = {
@@ -254,8 +255,7 @@ def aggregate_files(paths: Sequence[str]) -> Dict[str, dict]:
   """`aggregate_trials` over result JSON files written by `report.write_results`."""
   loaded = []
   for path in paths:
-    with open(path) as f:
-      loaded.append(json.load(f))
+    loaded.append(json.loads(files.read_text(path)))
   return aggregate_trials(loaded)
 
 

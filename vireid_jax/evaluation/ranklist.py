@@ -4,13 +4,13 @@ Looking at a few rank lists shows what the numbers hide: whether the model match
 clothing colour, pose or background, and which identities it confuses.
 """
 
-import os
 from typing import Optional
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vireid_jax import files
 from vireid_jax.evaluation import metrics
 
 _CORRECT = '#1a9850'
@@ -103,8 +103,5 @@ def save_ranklist(query_images: np.ndarray, gallery_images: np.ndarray, distmat:
       draw(row, rank, gallery_images[index],
            f'{rank}: {int(g_pids[index])}{camera(g_cams, index)}',
            _CORRECT if correct else _WRONG)
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  figure.savefig(path, format='png', bbox_inches='tight')
+  files.save_figure(figure, path, bbox_inches='tight')
   return path

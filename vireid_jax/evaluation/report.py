@@ -4,12 +4,13 @@ All take the result dicts of `protocols` (numbers in percent).
 """
 
 import json
-import os
 from typing import Dict, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from vireid_jax import files
 
 _COLUMNS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'),
             ('rank20', 'Rank-20'), ('mAP', 'mAP'), ('mINP', 'mINP'))
@@ -55,15 +56,10 @@ def write_results(results: Dict[str, dict], out_dir: str, name: str) -> Tuple[st
   Returns:
     (json_path, markdown_path).
   """
-  os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, f'{name}.json')
-  markdown_path = os.path.join(out_dir, f'{name}.md')
-  with open(json_path, 'w') as f:
-    json.dump(results, f, indent=2)
-    f.write('\n')
-  with open(markdown_path, 'w') as f:
-    f.write(markdown_table(results))
-  return json_path, markdown_path
+  json_path = files.write_text(files.path(out_dir) / f'{name}.json',
+                               json.dumps(results, indent=2) + '\n')
+  markdown_path = files.write_text(files.path(out_dir) / f'{name}.md', markdown_table(results))
+  return str(json_path), str(markdown_path)
 
 
 def plot_cmc(results: Dict[str, dict], path: str) -> str:
@@ -90,10 +86,7 @@ def plot_cmc(results: Dict[str, dict], path: str) -> str:
   axes.grid(True, alpha=0.3)
   axes.legend(fontsize=7, loc='lower right')
   figure.tight_layout()
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  figure.savefig(path, format='png')
+  files.save_figure(figure, path)
   return path
 
 
