@@ -18,8 +18,8 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
-import tqdm
 
+from vireid_jax import console
 from vireid_jax.data.errors import DatasetError
 
 _IN_FLIGHT_PER_WORKER = 8  # bounds memory when the consumer is slower than decoding
@@ -90,5 +90,4 @@ def decode_images(paths: Iterable[str], height: int, width: int, *, num_workers:
     DatasetError: naming the first file that cannot be read.
   """
   images = _decoded(paths, height, width, resolve_workers(num_workers))
-  yield from tqdm.tqdm(images, total=total, desc=desc, unit='img', dynamic_ncols=True,
-                       mininterval=0.5)
+  yield from console.bar(images, total=total, desc=desc, unit='img', leave=True)
