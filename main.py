@@ -7,10 +7,13 @@ r"""Command line of vireid_jax: parse flags and the config, then dispatch on --m
   python main.py --mode aggregate --workdir runs/regdb                     # RegDB trials 1-10
 
 Any config field can be overridden with --config.<path>=<value>; a mistyped path is an error
-that names it.
+that names it. One run over several processes (hosts): start every process with the same
+command plus --coordinator_address=HOST:PORT --num_processes=N --process_id=I (under SLURM,
+Open MPI or on a Cloud TPU pod they are found automatically); see README "Multi-host".
 """
 
 import ast
+import os
 import sys
 
 from absl import app
@@ -25,11 +28,37 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'prepare', 'aggrega
                           'train: train (resuming from --workdir) and evaluate; eval: evaluate '
                           'a checkpoint with the full protocol; prepare: generate/decode the '
                           'dataset cache; aggregate: average the RegDB trial runs under --workdir.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'HOST:PORT of process 0 of a multi-process run (every process '
+    'passes the same); empty: a single process, or found automatically under SLURM / Open MPI / '
+    'on a Cloud TPU pod.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes of the run (with '
+                                      '--coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process, 0..num_processes-1 (with '
+                                   '--coordinator_address).')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout', 60, 'Seconds after which a silent process counts as dead and the '
+    'others of a multi-process run stop too, instead of waiting for it.')
+_INIT_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300, 'Seconds to wait for every '
+                                     'process of a multi-process run to connect.')
 
 
-def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(1)
+def _show_traceback() -> bool:
+  """--verbosity=1 (or more) keeps the full traceback of errors, for developers."""
+  return flags.FLAGS['verbosity'].present and flags.FLAGS.verbosity >= 1
+
+
+def _fail(message: str, code: int = 1) -> None:
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+  """Ends a process of a multi-process run without waiting at JAX's shutdown barrier, which
+  the other processes may never reach (they learn of it at their next collective)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
 
 
 _MAIN_STARTED = False
@@ -40,40 +69,118 @@ def main(argv):
   _MAIN_STARTED = True
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}; settings go in --config.<field>=<value>')
-  # Imports after flag parsing so that `--help` is instant and JAX sees the environment.
-  from vireid_jax import config as config_lib
-  from vireid_jax import data as data_lib
-  from vireid_jax import evaluate as evaluate_lib
-  from vireid_jax import train as train_lib
-  from vireid_jax.models import weights as weights_lib
-
   mode, workdir, config = _MODE.value, _WORKDIR.value, _CONFIG.value
   # Orbax and JAX log every checkpoint write at INFO; a person reads our printed lines.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   if mode == 'aggregate':
+    from vireid_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
     if not workdir:
       _fail('--mode aggregate needs --workdir: the folder holding one run folder per trial')
-    print(evaluate_lib.aggregate_runs(workdir))
+    try:
+      print(evaluate_lib.aggregate_runs(workdir))
+    except FileNotFoundError as error:
+      _fail(str(error))
     return
   if config is None:
     _fail('--config is required, e.g. --config configs/demo.py')
+  # Before anything else touches JAX: the processes of a multi-process run connect here.
+  from vireid_jax import multihost  # pylint: disable=import-outside-toplevel
   try:
-    config_lib.validate(config)
-    if mode == 'prepare':
-      print(f'prepared: {data_lib.prepare(config.data)}')
-      return
-    if not workdir:
-      _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')
-    if mode == 'train':
-      train_lib.train_and_evaluate(config, workdir)
-      print(evaluate_lib.summary_after_training(workdir))
-    else:
-      print(evaluate_lib.run_eval(config, workdir))
-  except (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
-          ImportError, train_lib.TrainingDiverged, train_lib.NoClustersStop,
-          FileNotFoundError) as error:
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
+                         initialization_timeout=_INIT_TIMEOUT.value)
+  except ValueError as error:
     _fail(str(error))
+  several = multihost.process_count() > 1
+  try:
+    _run(mode, config, workdir, multihost)
+  except SystemExit:
+    raise
+  except BaseException as error:  # pylint: disable=broad-except
+    code = _report(error, multihost)
+    if several and not _raised_on_every_process(error, multihost):
+      _exit_now(code)
+    sys.exit(code)  # every process stopped at the same point: they leave JAX together
+
+
+def _raised_on_every_process(error: BaseException, multihost) -> bool:
+  """Errors that every process of a run meets at the same point (after a collective)."""
+  # pylint: disable=import-outside-toplevel
+  from vireid_jax import config as config_lib
+  from vireid_jax import run_lock
+  from vireid_jax import train as train_lib
+  return isinstance(error, (train_lib.RunStopped, train_lib.TrainingDiverged,
+                            train_lib.NoClustersStop, multihost.MainProcessFailed,
+                            run_lock.WorkdirLocked, config_lib.ConfigError))
+
+
+def _run(mode: str, config, workdir: str, multihost) -> None:
+  # pylint: disable=import-outside-toplevel
+  from vireid_jax import config as config_lib
+  from vireid_jax import console
+  from vireid_jax import evaluate as evaluate_lib
+  from vireid_jax import train as train_lib
+  from vireid_jax.data import shared as shared_data
+
+  console.line(f'vireid_jax: {multihost.describe()}')
+  config_lib.validate(config)
+  if mode == 'prepare':
+    prepared = shared_data.prepare_on_main(config.data)
+    console.line(f'prepared: {prepared}')
+    return
+  if not workdir:
+    _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')
+  if mode == 'train':
+    train_lib.train_and_evaluate(config, workdir)
+    console.line(evaluate_lib.summary_after_training(workdir))
+  else:
+    table = evaluate_lib.run_eval(config, workdir)
+    if table is not None:
+      print(table)
+
+
+def _report(error: BaseException, multihost) -> int:
+  """Prints one line for `error` (a traceback only with --verbosity >= 1); the exit code."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from vireid_jax import checkpoint
+  from vireid_jax import config as config_lib
+  from vireid_jax import console
+  from vireid_jax import data as data_lib
+  from vireid_jax import run_lock
+  from vireid_jax import train as train_lib
+  from vireid_jax.models import weights as weights_lib
+
+  if isinstance(error, train_lib.RunStopped):
+    console.line(str(error))
+    return error.exit_code
+  if isinstance(error, KeyboardInterrupt):
+    print('\ninterrupted.', file=sys.stderr, flush=True)
+    return 130
+  if _show_traceback():
+    import traceback
+    traceback.print_exception(error)
+    return 1
+  if isinstance(error, multihost.MainProcessFailed):
+    return 1  # process 0 printed the reason
+  if isinstance(error, jax.errors.JaxRuntimeError) and multihost.is_peer_lost(error):
+    print('error: lost contact with another process of this run (it stopped or crashed: see '
+          'its output). Checkpoints are intact; start every process again to resume.',
+          file=sys.stderr, flush=True)
+    return 1
+  known = (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
+           ImportError, train_lib.TrainingDiverged, train_lib.NoClustersStop,
+           checkpoint.CheckpointError, run_lock.WorkdirLocked, FileNotFoundError, OSError)
+  if isinstance(error, known):
+    # The same error stops every process; one line from process 0 is enough, except for
+    # errors of one process alone (its own files).
+    if multihost.is_main() or isinstance(error, OSError):
+      print(f'error: {error}', file=sys.stderr, flush=True)
+    return 1
+  import traceback  # an unexpected error is a bug: its traceback is what a report needs
+  traceback.print_exception(error)
+  return 1
 
 
 if __name__ == '__main__':

@@ -271,23 +271,21 @@ def sphere_clusters(n: int, dim: int, noise: float, seed: int,
   return (features, assignment) if return_assignment else features
 
 
-def dispatch_steps(step_fn, state, memories, visible_images, infrared_images, plan,
-                   num_steps: int, epoch_key, lr: float):
+def dispatch_steps(step_fn, state, memories, batches, inputs, num_steps: int):
   """Runs `num_steps` train steps the way `Trainer.train_epoch` does, without blocking.
 
-  Each step gets `fold_in(epoch_key, step)` as its key and the plan's row `step`; metrics stay
-  on the device (fetched once by the caller), so the host only dispatches and the device queue
-  never drains while there are steps left.
+  `batches` yields each step's (visible, infrared) image arguments: the resident arrays, or the
+  host-fed batches of `host_feed.step_batches`. The step reads its plan row, key and learning
+  rate from `inputs` and the state's step counter; metrics stay on the device (fetched once by
+  the caller), so the host only dispatches and the device queue never drains while there are
+  steps left.
 
   Returns:
     (state, memories, per-step metrics as device arrays).
   """
-  import jax
   per_step = []
-  for step in range(num_steps):
-    rng = jax.random.fold_in(epoch_key, step)
-    state, memories, metrics = step_fn(state, memories, visible_images, infrared_images, plan,
-                                       np.int32(step), rng, np.float32(lr))
+  for _, (visible, infrared) in zip(range(num_steps), batches):
+    state, memories, metrics = step_fn(state, memories, visible, infrared, inputs)
     per_step.append(metrics)
   return state, memories, per_step
 
@@ -300,7 +298,7 @@ def synthetic_clusters(num_visible: int, num_infrared: int, visible_clusters: in
   centres are random unit rows; the match mask comes from the real `mbccm_match` on them.
   """
   from vireid_jax import clustering
-  from vireid_jax import train
+  from vireid_jax.clustering import epoch as epoch_clustering
   if num_visible < visible_clusters or num_infrared < infrared_clusters:
     raise ValueError(f'{num_visible} visible / {num_infrared} infrared images cannot fill '
                      f'{visible_clusters} / {infrared_clusters} clusters: pass fewer '
@@ -312,7 +310,7 @@ def synthetic_clusters(num_visible: int, num_infrared: int, visible_clusters: in
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
   visible_centers, infrared_centers = unit_rows(visible_clusters), unit_rows(infrared_clusters)
-  return train.EpochClusters(
+  return epoch_clustering.EpochClusters(
       visible_labels=np.arange(num_visible) % visible_clusters,
       infrared_labels=np.arange(num_infrared) % infrared_clusters,
       visible_centers=visible_centers, infrared_centers=infrared_centers,

@@ -69,12 +69,13 @@ def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   import jax
   import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec
   from vireid_jax import clustering
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
   from vireid_jax import sharding
   from vireid_jax import train
+  from vireid_jax import train_state
+  from vireid_jax.clustering import epoch as epoch_clustering
   from vireid_jax.data.types import INFRARED, VISIBLE
 
   config = common.make_config(args)
@@ -94,12 +95,10 @@ def main(argv=None) -> list[dict]:
   infrared_images = sharding.put_replicated(
       common.random_images(args.num_infrared, height, width, seed=args.seed + 1), mesh)
   images_mb = (visible_images.nbytes + infrared_images.nbytes) / 2**20
-  state = sharding.put_replicated(
-      train.create_train_state(config, model, jax.random.PRNGKey(args.seed)), mesh)
+  state = train_state.create_train_state(config, model, mesh)
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
                                               tuple(config.data.std), config.eval.flip)
-  step_fn = train.make_train_step(model, config, mesh, stage=args.stage)
-  plan_sharding = NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS))
+  step_fn = train_state.make_train_step(model, config, mesh, stage=args.stage)
   epoch_offset = 0 if args.stage == 1 else config.schedule.stage2_start
   compiled_capacities = set()
 
@@ -129,7 +128,7 @@ def main(argv=None) -> list[dict]:
       pids = {modality: np.zeros(len(f), np.int64) for modality, f in features.items()}
     start = time.perf_counter()
     try:
-      clusters = train.cluster_epoch(config, features[VISIBLE], features[INFRARED],
+      clusters = epoch_clustering.cluster_epoch(config, features[VISIBLE], features[INFRARED],
                                      pids[VISIBLE], pids[INFRARED])
     except clustering.NoClustersError as error:
       raise SystemExit(f'epoch.py: {error} With --cluster-features {args.cluster_features} '
@@ -141,17 +140,17 @@ def main(argv=None) -> list[dict]:
         clusters.visible_centers, clusters.infrared_centers))
 
     start = time.perf_counter()
-    plan = jax.device_put(train.plan_epoch(config, clusters, args.stage, epoch), plan_sharding)
+    plan = train.plan_epoch(config, clusters, args.stage, epoch)
+    inputs = train_state.put_epoch_inputs(plan, epoch, int(jax.device_get(state.step)), mesh)
     times['plan'] = time.perf_counter() - start
     start = time.perf_counter()
     memories = jax.block_until_ready(train.build_memories(clusters, mesh))
     times['memories'] = time.perf_counter() - start
 
-    lr = train.learning_rate(config.optim, epoch)
-    epoch_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
     start = time.perf_counter()
     state, memories, per_step = common.dispatch_steps(
-        step_fn, state, memories, visible_images, infrared_images, plan, steps, epoch_key, lr)
+        step_fn, state, memories, iter(lambda: (visible_images, infrared_images), None),
+        inputs, steps)
     times['dispatch'] = time.perf_counter() - start
     per_step = jax.device_get(per_step)  # one fetch per epoch, as the trainer does
     jax.block_until_ready(state)

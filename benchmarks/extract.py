@@ -39,12 +39,11 @@ def parse_args(argv):
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
-  import jax
   import numpy as np
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
   from vireid_jax import sharding
-  from vireid_jax import train
+  from vireid_jax import train_state
 
   config = common.make_config(args)
   mesh = sharding.make_mesh()
@@ -52,9 +51,8 @@ def main(argv=None) -> list[dict]:
   height, width = args.image_size
   images = sharding.put_replicated(
       common.random_images(args.num_images, height, width, seed=args.seed), mesh)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(args.seed))
-  variables = sharding.put_replicated(
-      {'params': state.params, 'batch_stats': state.batch_stats}, mesh)
+  state = train_state.create_train_state(config, model, mesh)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
   del state
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
                                               tuple(config.data.std), args.flip)

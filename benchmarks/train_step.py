@@ -7,13 +7,15 @@
       --block basic --stage-sizes 1 1 1 1 --num-images 64 --memory-clusters 8 8 \
       --steps 3 --repeats 2                            # the CPU smoke size of the test suite
 
-The step is the trainer's own (`vireid_jax.train.make_train_step`): gather of the uint8 images
-resident on the device, on-device augmentation, forward, every loss, backward, Adam and the
-memory updates, on a batch of 2 x B visible views + B infrared images (B = clusters x
-instances; 432 images at the paper's sizes). Steps are dispatched back to back as
-`Trainer.train_epoch` does (keys folded in per step, metrics fetched once at the end) and each
-repeat of `--steps` steps is timed with `jax.block_until_ready`; the median over repeats is
-reported per step. Compilation is timed apart (ahead of time, so it is not run twice), with
+The step is the trainer's own (`vireid_jax.train_state.make_train_step`): gather of the uint8
+images, on-device augmentation, forward, every loss, backward, Adam and the memory updates, on
+a batch of 2 x B visible views + B infrared images (B = clusters x instances; 432 images at the
+paper's sizes). Both ways of getting the images are measured (`--images`): resident on the
+device (`images=device`, gathered inside the step) and fed from host memory with the trainer's
+prefetching (`images=host`, `config.data.images_on_device=False`). Steps are dispatched back to
+back as `Trainer.train_epoch` does (metrics fetched once at the end) and each repeat of
+`--steps` steps is timed with `jax.block_until_ready`; the median over repeats is reported per
+step. Compilation is timed apart (ahead of time, so it is not run twice), with
 XLA's memory plan of the step. `dispatch_ms` is the host time spent issuing one step: while it
 stays well below `median_ms`, the accelerator never waits on the host (on the CPU backend the
 host and the "device" share the cores, so there it means little). `--profile` also prints the
@@ -45,6 +47,9 @@ def parse_args(argv):
   parser.add_argument('--memory-clusters', type=int, nargs=2, default=(512, 320),
                       metavar=('VISIBLE', 'INFRARED'),
                       help='clusters of the memories (SYSU epochs: a few hundred per modality)')
+  parser.add_argument('--images', nargs='+', choices=('device', 'host'),
+                      default=('device', 'host'),
+                      help='training images resident on the device, fed from the host, or both')
   parser.add_argument('--compile-only', action='store_true',
                       help="only compile and print XLA's memory plan of each step (any backend)")
   parser.add_argument('--profile', default='',
@@ -52,39 +57,48 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def measure_stage(stage: int, args, config, mesh, model, state, clusters, images, context):
-  """Compiles and times one stage's step; returns (state, its records)."""
+def measure_stage(stage: int, where: str, args, config, mesh, model, state, clusters,
+                  host_images, context):
+  """Compiles and times one stage's step with images resident ('device') or fed ('host');
+  returns (state, its records)."""
   import jax
   import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec
+  from vireid_jax import host_feed
   from vireid_jax import sharding
   from vireid_jax import train
+  from vireid_jax import train_state
 
-  visible_images, infrared_images = images
+  on_device = where == 'device'
   pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
   plan = train.plan_epoch(config, clusters, stage, epoch=0)
-  plan = jax.device_put(plan, NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS)))
   memories = train.build_memories(clusters, mesh)
-  lr = train.learning_rate(config.optim, 0)
-  epoch_key = jax.random.PRNGKey(args.seed)
-  step_fn = train.make_train_step(model, config, mesh, stage)
+  step_fn = train_state.make_train_step(model, config, mesh, stage, images_on_device=on_device)
+  if on_device:
+    resident = tuple(sharding.put_replicated(images, mesh) for images in host_images)
+    batches = lambda: iter(lambda: resident, None)  # the same arrays every step
+  else:
+    batches = lambda: host_feed.step_batches(*host_images, plan, mesh)
+  name = f'train_step/stage{stage}' + ('' if on_device else '/host_fed')
 
-  common.log(f'stage {stage}: compiling the step ({3 * pairs} images)')
+  def inputs_at_state():  # the epoch starts where the state stands, as in the trainer
+    return train_state.put_epoch_inputs(plan, 0, int(jax.device_get(state.step)), mesh)
+
+  common.log(f'stage {stage}, images on the {where}: compiling the step ({3 * pairs} images)')
+  first_batch = next(batches())
   compile_s, compiled = common.timed(lambda: step_fn.lower(
-      state, memories, visible_images, infrared_images, plan, np.int32(0), epoch_key,
-      np.float32(lr)).compile())
-  context = dict(context, batch=3 * pairs, pairs=pairs)
-  records = [common.emit({'what': f'train_step/stage{stage}/compile', 'seconds': compile_s,
+      state, memories, *first_batch, inputs_at_state()).compile())
+  context = dict(context, batch=3 * pairs, pairs=pairs, images=where)
+  records = [common.emit({'what': f'{name}/compile', 'seconds': compile_s,
                           **common.memory_analysis_mb(compiled)}, context)]
   if args.compile_only:
     return state, records
 
   def run_repeat():
     nonlocal state, memories
+    inputs = inputs_at_state()
     start = time.perf_counter()
-    state, memories, per_step = common.dispatch_steps(
-        compiled, state, memories, visible_images, infrared_images, plan, args.steps,
-        epoch_key, lr)
+    state, memories, per_step = common.dispatch_steps(compiled, state, memories, batches(),
+                                                      inputs, args.steps)
     dispatched = time.perf_counter() - start
     per_step = jax.device_get(per_step)  # blocks: the trainer fetches metrics once per epoch
     jax.block_until_ready((state, memories))
@@ -96,12 +110,12 @@ def measure_stage(stage: int, args, config, mesh, model, state, clusters, images
     elapsed, dispatched, per_step = run_repeat()
     seconds.append(elapsed / args.steps)
     dispatch_seconds.append(dispatched / args.steps)
-    common.log(f'stage {stage}: repeat {repeat + 1}/{args.repeats}: '
+    common.log(f'stage {stage} ({where}): repeat {repeat + 1}/{args.repeats}: '
                f'{1e3 * seconds[-1]:.1f} ms/step')
   step_s = common.median(seconds)
   losses = np.array([m['total'] for m in per_step], np.float64)
   records.append(common.emit({
-      'what': f'train_step/stage{stage}', 'median_ms': 1e3 * step_s,
+      'what': name, 'median_ms': 1e3 * step_s,
       'min_ms': 1e3 * min(seconds), 'images_per_s': 3 * pairs / step_s,
       'dispatch_ms': 1e3 * common.median(dispatch_seconds),
       'steps_per_repeat': args.steps, 'repeats': args.repeats,
@@ -109,19 +123,18 @@ def measure_stage(stage: int, args, config, mesh, model, state, clusters, images
   }, context))
   if args.profile:
     trace = {}
-    with common.profile(args.profile, f'train_step_stage{stage}', trace):
+    with common.profile(args.profile, f'train_step_stage{stage}_{where}', trace):
       run_repeat()
-    records.append(common.emit({'what': f'train_step/stage{stage}/profile',
+    records.append(common.emit({'what': f'{name}/profile',
                                 'steps': args.steps, **trace}, context))
   return state, records
 
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
-  import jax
   from vireid_jax import models
   from vireid_jax import sharding
-  from vireid_jax import train
+  from vireid_jax import train_state
 
   config = common.make_config(args)
   config.sampler.steps_per_epoch = args.steps
@@ -130,19 +143,19 @@ def main(argv=None) -> list[dict]:
   sharding.check_divisible(pairs, mesh, 'images per modality per step (--clusters x --instances)')
   model = models.build_model(config.model)
   height, width = args.image_size
-  images = tuple(  # (visible, infrared), each (num_images, H, W, 3) uint8 on the device
-      sharding.put_replicated(common.random_images(args.num_images, height, width, seed), mesh)
+  host_images = tuple(  # (visible, infrared), each (num_images, H, W, 3) uint8 on the host
+      common.random_images(args.num_images, height, width, seed)
       for seed in (args.seed, args.seed + 1))
   clusters = common.synthetic_clusters(args.num_images, args.num_images, *args.memory_clusters,
                                        dim=model.num_features, seed=args.seed)
-  state = sharding.put_replicated(
-      train.create_train_state(config, model, jax.random.PRNGKey(args.seed)), mesh)
+  state = train_state.create_train_state(config, model, mesh)
   context = dict(common.device_description(), precision=common.precision(config))
   records = []
   for stage in args.stage:
-    state, stage_records = measure_stage(stage, args, config, mesh, model, state, clusters,
-                                         images, context)
-    records.extend(stage_records)
+    for where in args.images:
+      state, stage_records = measure_stage(stage, where, args, config, mesh, model, state,
+                                           clusters, host_images, context)
+      records.extend(stage_records)
   return records
 
 

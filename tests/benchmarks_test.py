@@ -56,12 +56,15 @@ def assert_positive_finite(record, keys):
     assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, record)
 
 
-def test_train_step_script_measures_both_stages(run_script):
+def test_train_step_script_measures_both_stages_both_image_paths(run_script):
   records = run_script('train_step.py', *TINY_MODEL, *TINY_BATCH, '--num-images', '64',
                        '--memory-clusters', '8', '8', '--steps', '3', '--repeats', '2')
   assert [r['what'] for r in records] == [
-      'train_step/stage1/compile', 'train_step/stage1', 'train_step/stage2/compile',
-      'train_step/stage2']
+      'train_step/stage1/compile', 'train_step/stage1',
+      'train_step/stage1/host_fed/compile', 'train_step/stage1/host_fed',
+      'train_step/stage2/compile', 'train_step/stage2',
+      'train_step/stage2/host_fed/compile', 'train_step/stage2/host_fed']
+  assert [r['images'] for r in records] == ['device', 'device', 'host', 'host'] * 2
   for record in records:
     assert record['batch'] == 24 and record['pairs'] == 8  # 2 x 8 visible views + 8 infrared
   for compile_record in records[0::2]:

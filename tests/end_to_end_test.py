@@ -13,7 +13,10 @@ import pytest
 
 from vireid_jax import checkpoint
 from vireid_jax import losses
+from vireid_jax import models
+from vireid_jax import sharding
 from vireid_jax import train
+from vireid_jax import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,8 +60,8 @@ def uninterrupted(data_root, tmp_path_factory):
 
 
 def _final_params(workdir, config):
-  trainer_state = train.abstract_train_state(
-      config, train.models.build_model(config.model), train.sharding.make_mesh())
+  trainer_state = train_state.abstract_train_state(
+      config, models.build_model(config.model), sharding.make_mesh())
   state, record = checkpoint.restore(workdir, checkpoint.LATEST, trainer_state)
   return jax.device_get(state.params), record
 
@@ -167,3 +170,20 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(uninterrupted, data_ro
   params_a, _ = _final_params(uninterrupted[0], config)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                params_a, params_killed)
+
+
+def test_images_fed_from_the_host_train_like_images_on_the_devices(uninterrupted, data_root,
+                                                                  tmp_path):
+  workdir = str(tmp_path / 'host_fed')
+  config = demo_config(data_root, **{'data.images_on_device': False})
+  trainer = train.Trainer(config, workdir)
+  assert not trainer.images_on_device
+  assert isinstance(trainer.visible_images, np.ndarray)  # stays in host memory
+  result = trainer.run()
+  losses = [e.get('loss/total') for e in result['history']]
+  expected = [e.get('loss/total') for e in uninterrupted[1]['history']]
+  np.testing.assert_allclose(losses[1:], expected[1:], rtol=1e-5)
+  params_a, _ = _final_params(uninterrupted[0], config)
+  params_b, _ = _final_params(workdir, config)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params_a, params_b)

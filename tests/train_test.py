@@ -12,7 +12,8 @@ from vireid_jax import memory as memory_lib
 from vireid_jax import models
 from vireid_jax import sampling
 from vireid_jax import sharding
-from vireid_jax import train
+from vireid_jax import train_state
+from vireid_jax.clustering import epoch as epoch_clustering
 
 
 def tiny_config() -> ml_collections.ConfigDict:
@@ -30,7 +31,7 @@ def test_learning_rate_follows_the_reference_schedule():
   expected = {0: 3.5e-4, 19: 3.5e-4, 20: 3.5e-5, 49: 3.5e-5, 50: 3.5e-6, 69: 3.5e-6,
               70: 3.5e-7, 79: 3.5e-7}
   for epoch, lr in expected.items():
-    assert train.learning_rate(optim, epoch) == pytest.approx(lr, rel=1e-9), epoch
+    assert train_state.learning_rate(optim, epoch) == pytest.approx(lr, rel=1e-9), epoch
 
 
 def test_optimizer_is_pytorch_adam_with_l2_weight_decay():
@@ -44,7 +45,7 @@ def test_optimizer_is_pytorch_adam_with_l2_weight_decay():
   torch_param = torch.nn.Parameter(torch.tensor(param))
   torch_opt = torch.optim.Adam([torch_param], lr=lrs[0], betas=(optim.b1, optim.b2),
                                eps=optim.eps, weight_decay=optim.weight_decay)
-  tx = train.make_optimizer(optim)
+  tx = train_state.make_optimizer(optim)
   ours, state = jnp.asarray(param), tx.init(jnp.asarray(param))
   for grad, lr in zip(grads, lrs):
     torch_opt.param_groups[0]['lr'] = lr
@@ -58,7 +59,7 @@ def test_optimizer_is_pytorch_adam_with_l2_weight_decay():
 
 def test_memory_capacity_is_a_power_of_two_covering_the_clusters():
   for k in (1, 15, 16, 17, 100, 512, 513):
-    capacity = train.memory_capacity(k)
+    capacity = memory_lib.memory_capacity(k)
     assert capacity >= k and capacity >= 16 and capacity & (capacity - 1) == 0
     assert capacity < 2 * max(k, 16)
 
@@ -85,22 +86,20 @@ def test_sharded_step_equals_single_device_step(stage):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
-    step_fn = train.make_train_step(model, config, mesh, stage)
-    state = sharding.put_replicated(train.create_train_state(config, model,
-                                                             jax.random.PRNGKey(0)), mesh)
-    padded = np.zeros((16, 32), np.float32)
-    padded[:4] = centers
-    memories = sharding.put_replicated(memory_lib.Memories.from_centers(
-        padded, padded, num_visible=4, num_infrared=4), mesh)
+    step_fn = train_state.make_train_step(model, config, mesh, stage)
+    state = train_state.create_train_state(config, model, mesh)
+    padded = memory_lib.pad_rows(centers, 16)
+    memories = sharding.put_replicated(jax.device_get(memory_lib.Memories.from_centers(
+        padded, padded, num_visible=4, num_infrared=4)), mesh)
     images_v = sharding.put_replicated(visible, mesh)
     images_i = sharding.put_replicated(infrared, mesh)
-    plan_on_mesh = jax.device_put(plan, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(None, sharding.DATA_AXIS)))
-    for step in range(plan.visible_index.shape[0]):
-      state, memories, metrics = step_fn(state, memories, images_v, images_i, plan_on_mesh,
-                                         np.int32(step), jax.random.PRNGKey(step),
-                                         np.float32(3.5e-4))
-    assert np.isfinite(float(metrics['total']))
+    inputs = train_state.put_epoch_inputs(plan, epoch=0, first_step=0, mesh=mesh)
+    # Every input is on the devices already: no step may copy anything from the host.
+    with jax.transfer_guard('disallow'):
+      for _ in range(plan.visible_index.shape[0]):
+        state, memories, metrics = step_fn(state, memories, images_v, images_i, inputs)
+    assert int(jax.device_get(state.step)) == plan.visible_index.shape[0]
+    assert np.isfinite(float(jax.device_get(metrics['total'])))
     results.append(jax.device_get((state, memories, metrics)))
   (state_1, memories_1, metrics_1), (state_8, memories_8, metrics_8) = results
   np.testing.assert_allclose(metrics_1['total'], metrics_8['total'], rtol=1e-5)
@@ -111,7 +110,7 @@ def test_sharded_step_equals_single_device_step(stage):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
                memories_1, memories_8)
   # The step changed the parameters and, in stage 2, the agnostic memories too.
-  initial = train.create_train_state(config, model, jax.random.PRNGKey(0))
+  initial = jax.device_get(train_state.create_train_state(config, model, sharding.make_mesh()))
   assert not np.allclose(state_1.params['neck']['scale'], initial.params['neck']['scale'])
   assert not np.allclose(memories_1.agnostic_visible[:4], centers / np.linalg.norm(
       centers, axis=1, keepdims=True)) == (stage == 2)
@@ -121,10 +120,10 @@ def test_abstract_train_state_matches_the_real_one():
   config = tiny_config()
   model = models.build_model(config.model)
   mesh = sharding.make_mesh()
-  abstract = train.abstract_train_state(config, model, mesh)
-  real = train.create_train_state(config, model, jax.random.PRNGKey(0))
-  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  assert shapes(abstract) == shapes(real)
+  abstract = train_state.abstract_train_state(config, model, mesh)
+  real = train_state.create_train_state(config, model, mesh)
+  layout = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), tree)
+  assert layout(abstract) == layout(real)
 
 
 @pytest.mark.parametrize('identical', [True, False])
@@ -132,7 +131,7 @@ def test_identical_stems_give_both_modalities_one_feature_space(identical):
   config = tiny_config()
   config.model.identical_stems = identical
   model = models.build_model(config.model)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+  state = train_state.create_train_state(config, model, sharding.make_mesh())
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   images = jax.random.normal(jax.random.PRNGKey(1), (3, 16, 8, 3))
   as_visible = model.apply(variables, images, None, train=False)
@@ -146,9 +145,9 @@ def test_identical_stems_give_both_modalities_one_feature_space(identical):
 def test_oracle_match_pairs_clusters_of_the_same_identity():
   visible_pids = np.array([7, 3, 3, 9, 7])
   infrared_pids = np.array([9, 3, 7, 7])
-  match = train.oracle_match(visible_pids, infrared_pids)
+  match = epoch_clustering.oracle_match(visible_pids, infrared_pids)
   # Clusters are the sorted identities (3, 7, 9) on both sides, so the mask is the identity.
   np.testing.assert_array_equal(match.mask, np.eye(3, dtype=bool))
   assert match.mean_partners_infrared == match.mean_partners_visible == 1.0
   with pytest.raises(ValueError, match=r'\[5\]'):
-    train.oracle_match(np.array([3, 5]), np.array([3]))
+    epoch_clustering.oracle_match(np.array([3, 5]), np.array([3]))

@@ -27,7 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation
   config.data.std = (0.229, 0.224, 0.225)
   config.data.trial = 1  # RegDB split 1..10 (each a separate training run)
-  config.data.num_workers = 0  # image decode processes for `prepare`; 0 -> all cores
+  config.data.num_workers = 0  # image decode threads for `prepare`; 0 -> one per core
+  # Training images resident on every device (True) or fed from host memory each step (False);
+  # unset: resident when they take at most 20% of a device's memory (train.py).
+  config.data.images_on_device = ml_collections.config_dict.placeholder(bool)
 
   # --- network (SPEC.md: Network) ---
   config.model = ml_collections.ConfigDict()
@@ -125,6 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.at_start = True  # also score the untrained network, so reports show the gain
 
   config.log_every = 50  # steps between progress-bar metric refreshes
+  # Write each epoch's pseudo labels and match mask to <workdir>/pseudo_labels/ (for studies).
+  config.save_pseudo_labels = False
   return config
 
 

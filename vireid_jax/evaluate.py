@@ -4,17 +4,22 @@ Used by the trainer every `eval_every` epochs (a cheap subset: trial 0, the conf
 and by `python main.py --mode eval`, which restores a checkpoint and runs the full protocol
 (SYSU-MM01 all/indoor x single/multi-shot over trials 0-9; RegDB both directions) and writes
 JSON, a Markdown table, a CMC plot and a rank-list image into <workdir>/eval/.
+
+With several processes every process extracts its share of the features (gathered to all);
+process 0 alone scores them and writes, and `shared_headline` hands its numbers to the others.
 """
 
-import glob
-import os
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import ml_collections
 import numpy as np
 
+from vireid_jax import checkpoint
 from vireid_jax import evaluation
+from vireid_jax import files
+from vireid_jax import multihost
 from vireid_jax import sharding
+from vireid_jax import train_state
 from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
 
 # Extracts (N, C) normalised features: f(images, modality, description).
@@ -30,24 +35,29 @@ def selection_setting(config: ml_collections.ConfigDict) -> str:
 
 def evaluate_features(config: ml_collections.ConfigDict, extract: ExtractFn,
                       test_visible: ImageSet, test_infrared: ImageSet, trials: Sequence[int],
-                      full: bool = False) -> dict:
+                      full: bool = False) -> Optional[dict]:
   """Runs the dataset's protocol on freshly extracted test features (results in percent).
 
   SYSU-MM01: infrared queries against visible galleries drawn per trial from one extraction
   of all visible test images; `full` adds multi-shot to the configured shots. RegDB: both
   directions over the trial's test images (`trials` is ignored: a RegDB trial is a split).
+  Every process extracts; the results are returned on process 0 and None elsewhere.
   """
   max_rank = config.eval.max_rank
   if config.data.dataset == 'sysu':
     query = extract(test_infrared.images, INFRARED, 'extract query (infrared)')
     gallery = extract(test_visible.images, VISIBLE, 'extract gallery (visible)')
     shots = (1, 10) if full else (config.eval.sysu_shots,)
+    if not multihost.is_main():
+      return None
     return evaluation.evaluate_sysu(
         query, test_infrared.pids, test_infrared.cams, gallery, test_visible.pids,
         test_visible.cams, modes=('all', 'indoor'), shots=shots, trials=list(trials),
         max_rank=max_rank, gallery_paths=test_visible.paths)
   visible = extract(test_visible.images, VISIBLE, 'extract visible')
   thermal = extract(test_infrared.images, INFRARED, 'extract thermal')
+  if not multihost.is_main():
+    return None
   return evaluation.evaluate_regdb(visible, test_visible.pids, thermal, test_infrared.pids,
                                    max_rank=max_rank, trial=config.data.trial)
 
@@ -57,16 +67,24 @@ def headline(config: ml_collections.ConfigDict, results: dict) -> dict:
   return {k: float(v) for k, v in results[selection_setting(config)]['mean'].items()}
 
 
-def format_headline(config: ml_collections.ConfigDict, results: dict) -> str:
-  h = headline(config, results)
+def shared_headline(config: ml_collections.ConfigDict, results: Optional[dict]) -> dict:
+  """Process 0's headline on every process (called by all; `results` may be None elsewhere)."""
+  values = np.zeros(len(evaluation.METRIC_KEYS), np.float32)
+  if results is not None:
+    h = headline(config, results)
+    values[:] = [h[key] for key in evaluation.METRIC_KEYS]
+  values = multihost.broadcast(values)
+  return {key: float(v) for key, v in zip(evaluation.METRIC_KEYS, values)}
+
+
+def format_headline(config: ml_collections.ConfigDict, h: dict) -> str:
+  """One line of a headline dict (see `headline`)."""
   return (f'{selection_setting(config)}: Rank-1 {h["rank1"]:.2f}  mAP {h["mAP"]:.2f}  '
           f'mINP {h["mINP"]:.2f}')
 
 
 def _restore_variables(config, model, workdir: str, mesh) -> tuple[dict, dict]:
-  from vireid_jax import checkpoint
-  from vireid_jax import train
-  abstract = train.abstract_train_state(config, model, mesh)
+  abstract = train_state.abstract_train_state(config, model, mesh)
   which = config.eval.checkpoint
   if which in (checkpoint.BEST, checkpoint.LATEST):
     state, record = checkpoint.restore(workdir, which, abstract)
@@ -75,16 +93,17 @@ def _restore_variables(config, model, workdir: str, mesh) -> tuple[dict, dict]:
   return {'params': state.params, 'batch_stats': state.batch_stats}, record
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`--mode eval`: the full protocol on a checkpoint; returns the Markdown table."""
-  from vireid_jax import data as data_lib
+def run_eval(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
+  """`--mode eval`: the full protocol on a checkpoint; returns the Markdown table (process 0;
+  None elsewhere)."""
   from vireid_jax import extract as extract_lib
+  from vireid_jax.data import shared as shared_data
   from vireid_jax import models
 
   mesh = sharding.make_mesh()
   model = models.build_model(config.model)
   variables, record = _restore_variables(config, model, workdir, mesh)
-  test_visible, test_infrared = data_lib.load_test(config.data)
+  test_visible, test_infrared = shared_data.load_test_on_every_process(config.data)
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
                                               tuple(config.data.std), config.eval.flip)
   cache = {}
@@ -96,18 +115,18 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> str:
 
   results = evaluate_features(config, extract, test_visible, test_infrared,
                               trials=config.eval.trials, full=True)
-  out_dir = os.path.join(workdir, 'eval')
+  if results is None:  # not process 0
+    return None
+  out_dir = files.path(workdir) / 'eval'
   which = config.eval.checkpoint if config.eval.checkpoint in ('best', 'latest') else 'checkpoint'
   name = f'{config.data.dataset}_{which}'
   if config.data.dataset == 'regdb':
     name += f'_trial{config.data.trial}'
   _, markdown_path = evaluation.write_results(results, out_dir, name)
-  evaluation.plot_cmc(results, os.path.join(out_dir, f'{name}_cmc.png'))
+  evaluation.plot_cmc(results, out_dir / f'{name}_cmc.png')
   if config.eval.ranklist_queries:
-    _save_ranklist(config, cache, test_visible, test_infrared,
-                   os.path.join(out_dir, f'{name}_ranklist.png'))
-  with open(markdown_path) as f:
-    table = f.read()
+    _save_ranklist(config, cache, test_visible, test_infrared, out_dir / f'{name}_ranklist.png')
+  table = files.read_text(markdown_path)
   return (f'checkpoint: {config.eval.checkpoint} (after epoch {record["epoch"]})\n{table}\n'
           f'written to {out_dir}/')
 
@@ -133,17 +152,17 @@ def _save_ranklist(config, features: dict, test_visible: ImageSet, test_infrared
 
 def aggregate_runs(workdir: str) -> str:
   """`--mode aggregate`: pools `eval/regdb_best_trial<k>.json` of every run under `workdir`."""
-  paths = sorted(glob.glob(os.path.join(workdir, '*', 'eval', 'regdb_best_trial*.json')))
+  paths = sorted(str(p) for p in files.path(workdir).glob('*/eval/regdb_best_trial*.json'))
   if not paths:
     raise FileNotFoundError(
         f'no RegDB results under {workdir}/*/eval/: run `--mode eval` in each trial\'s workdir '
         f'(e.g. {workdir}/trial1 ... {workdir}/trial10) first')
   pooled = evaluation.aggregate_files(paths)
   _, markdown_path = evaluation.write_results(pooled, workdir, 'regdb_all_trials')
-  with open(markdown_path) as f:
-    return f'{len(paths)} trial results pooled:\n{f.read()}\nwritten to {markdown_path}'
+  return (f'{len(paths)} trial results pooled:\n{files.read_text(markdown_path)}\nwritten to '
+          f'{markdown_path}')
 
 
 def summary_after_training(workdir: str) -> str:
-  report = os.path.join(workdir, 'report.md')
-  return f'done. report: {report}, curves: {os.path.join(workdir, "curves.png")}'
+  workdir = files.path(workdir)
+  return f'done. report: {workdir / "report.md"}, curves: {workdir / "curves.png"}'

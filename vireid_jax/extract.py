@@ -1,30 +1,43 @@
-"""Eval-mode feature extraction: jitted, batched, and sharded across the mesh.
+"""Eval-mode feature extraction: jitted, batched, and sharded across every device of every
+process.
 
 Used between epochs to cluster the training images and by the evaluation protocols. Each
-modality goes through its own stem. Images are gathered on the device from an array that is
-already there, so extracting the training set every epoch costs no host-to-device copy.
+modality goes through its own stem. Each batch is split over the whole mesh, so every process
+extracts its share; the features are gathered to every process at the end. Images come either
+from an array already on the devices (gathered there: no host-to-device copy per epoch) or
+from host memory (each process copies only the rows its devices extract).
 """
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from vireid_jax import augment
+from vireid_jax import console
 from vireid_jax import models
 from vireid_jax import sharding
 from vireid_jax.data.types import INFRARED, VISIBLE
 
 
-def make_extract_fn(model, mean, std, flip: bool) -> Callable:
-  """Returns f(variables, images (N,H,W,3) uint8 on device, index (B,), modality) -> (B, C)."""
+class ExtractFns(NamedTuple):
+  """The two jitted entry points of `make_extract_fn`.
 
-  @functools.partial(jax.jit, static_argnames=('modality',))
-  def extract_batch(variables, images, index, modality):
-    batch = augment.normalize(images[index], mean, std)
+  from_batch(variables, batch (B,H,W,3) uint8, modality) -> (B, C) features;
+  from_resident(variables, images (N,H,W,3) uint8 on the devices, index (B,), modality).
+  """
+  from_batch: Callable
+  from_resident: Callable
+
+
+def make_extract_fn(model, mean, std, flip: bool) -> ExtractFns:
+  """Jitted L2-normalised eval features of a batch (flip-averaged with `flip`)."""
+
+  def features_of(variables, batch, modality):
+    batch = augment.normalize(batch, mean, std)
 
     def forward(x):
       if modality == VISIBLE:
@@ -33,44 +46,51 @@ def make_extract_fn(model, mean, std, flip: bool) -> Callable:
 
     features = forward(batch)
     if flip:  # average with the mirror image, then renormalise (the usual re-id flip test)
-      features = features + forward(batch[:, :, ::-1, :])
-      features = models.l2_normalize(features)
+      features = models.l2_normalize(features + forward(batch[:, :, ::-1, :]))
     return features
 
-  return extract_batch
+  jit = functools.partial(jax.jit, static_argnames=('modality',))
+  return ExtractFns(
+      from_batch=jit(features_of),
+      from_resident=jit(lambda variables, images, index, modality: features_of(
+          variables, images[index], modality)))
 
 
-def extract_features(extract_batch: Callable, variables, images, modality: str, batch_size: int,
-                     mesh: Mesh, desc: str = '', progress: bool = True) -> np.ndarray:
-  """L2-normalised eval features of every image, in order.
+def extract_features(extract_fns: ExtractFns, variables, images, modality: str,
+                     batch_size: int, mesh: Mesh, desc: str = '',
+                     progress: bool = True) -> np.ndarray:
+  """L2-normalised eval features of every image, in order, on every process.
 
   Args:
-    extract_batch: from `make_extract_fn`.
+    extract_fns: from `make_extract_fn`.
     variables: model variables, replicated on the mesh.
-    images: (N, H, W, 3) uint8, a numpy array (copied to the devices once) or a jax array
-      already on them.
+    images: (N, H, W, 3) uint8: a jax array replicated on the mesh, or a numpy array in host
+      memory (the same on every process).
     modality: VISIBLE or INFRARED, which stem to use.
     batch_size: images per call; rounded up to a multiple of the device count. The last batch
-      is padded by repeating the final image so every call has the same shape (one compile).
+      is padded by repeating the final image so every call has the same shape (one compile);
+      the padding rows are dropped.
   Returns:
     (N, C) float32 numpy array.
   """
   if modality not in (VISIBLE, INFRARED):
     raise ValueError(f'modality must be {VISIBLE!r} or {INFRARED!r}, got {modality!r}')
   num_images = len(images)
+  if not num_images:
+    return np.zeros((0, 0), np.float32)
   batch_size = -(-batch_size // mesh.size) * mesh.size
-  if not isinstance(images, jax.Array):
-    images = sharding.put_replicated(np.asarray(images), mesh)
-  index_sharding = sharding.batch_sharded(mesh)
+  resident = isinstance(images, jax.Array)
   outputs = []
   starts = range(0, num_images, batch_size)
-  for start in tqdm(starts, desc=desc or f'extract {modality}', disable=not progress,
-                    leave=False, unit='batch'):
+  for start in console.bar(starts, desc=desc or f'extract {modality}', unit='batch',
+                           enabled=progress):
     index = np.minimum(np.arange(start, start + batch_size), num_images - 1).astype(np.int32)
-    index = jax.device_put(index, index_sharding)
-    outputs.append(extract_batch(variables, images, index, modality))
-  if not outputs:
-    return np.zeros((0, 0), np.float32)
-  # One transfer at the end keeps dispatch asynchronous during the loop.
-  features = np.concatenate([np.asarray(o) for o in outputs])[:num_images]
+    if resident:
+      index = sharding.put_global(index, sharding.batch_sharded(mesh))
+      outputs.append(extract_fns.from_resident(variables, images, index, modality))
+    else:
+      batch = sharding.gather_rows(images, index, mesh)
+      outputs.append(extract_fns.from_batch(variables, batch, modality))
+  # One gather at the end keeps dispatch asynchronous during the loop.
+  features = sharding.to_host(jnp.concatenate(outputs))[:num_images]
   return features.astype(np.float32)

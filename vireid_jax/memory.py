@@ -29,6 +29,19 @@ from vireid_jax.models import l2_normalize
 ArrayLike = Union[jax.Array, np.ndarray]
 
 
+def memory_capacity(num_clusters: int) -> int:
+  """Rows of a memory table: a power of two (at least 16), so the jitted step recompiles only
+  when the cluster count crosses one."""
+  return max(16, 1 << int(np.ceil(np.log2(max(num_clusters, 1)))))
+
+
+def pad_rows(centers: np.ndarray, capacity: int) -> np.ndarray:
+  """(K, C) centres as a (capacity, C) float32 table, zero rows after K (masked out)."""
+  padded = np.zeros((capacity, centers.shape[1]), np.float32)
+  padded[:len(centers)] = centers
+  return padded
+
+
 @flax.struct.dataclass
 class Memories:
   """The four cluster memories of an epoch, a pytree that the jitted step carries.

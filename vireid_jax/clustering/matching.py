@@ -82,11 +82,19 @@ def mbccm_match(centers_visible: np.ndarray, centers_infrared: np.ndarray) -> Ma
   column_threshold = np.full(num_visible, -np.inf, np.float32)
   np.maximum.at(column_threshold, many_visible, distance[many_infrared, many_visible])
   mask = (distance <= row_threshold[:, None]) | (distance <= column_threshold[None, :])
+  return match_result(mask, np.stack([one_infrared, one_visible], 1),
+                      np.stack([many_infrared, many_visible], 1))
+
+
+def match_result(mask: np.ndarray, one_to_one: np.ndarray,
+                 many_to_one: np.ndarray) -> MatchResult:
+  """The MatchResult of a (n_i, n_v) mask and its two assignments' (infrared, visible) pairs."""
+  mask = np.asarray(mask, bool)
   return MatchResult(
       mask=mask,
       infrared_partners=[np.flatnonzero(row) for row in mask],
       visible_partners=[np.flatnonzero(column) for column in mask.T],
       mean_partners_infrared=float(mask.sum(1).mean()),
       mean_partners_visible=float(mask.sum(0).mean()),
-      one_to_one=np.stack([one_infrared, one_visible], 1).astype(np.int64),
-      many_to_one=np.stack([many_infrared, many_visible], 1).astype(np.int64))
+      one_to_one=np.asarray(one_to_one, np.int64).reshape(-1, 2),
+      many_to_one=np.asarray(many_to_one, np.int64).reshape(-1, 2))

@@ -4,6 +4,8 @@
   visible, infrared = vireid_jax.data.load_test(config.data)
   path = vireid_jax.data.prepare(config.data)  # decode + resize once (main.py --mode prepare)
 
+With several processes, `vireid_jax.data.shared` prepares on process 0 and loads on every one.
+
 Every problem with the user's files raises `DatasetError` with the path and what was expected.
 """
 

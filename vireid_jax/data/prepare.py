@@ -65,12 +65,12 @@ def _generate(settings: dict, root: str, overwrite: bool) -> None:
                           overwrite=overwrite)
 
 
-def find_dataset(data_cfg) -> tuple[str, str]:
+def find_dataset(data_cfg, generate: bool = True) -> tuple[str, str]:
   """The dataset folder and its layout, generating the synthetic set where the config asks.
 
-  With `data_cfg.synthetic`, a missing dataset is generated under root (and a synthetic one
-  generated with other settings is regenerated); a real dataset found there is used as is. The
-  synthetic SYSU-MM01 is always in the raw layout.
+  With `data_cfg.synthetic` (and `generate`), a missing dataset is generated under root (and a
+  synthetic one generated with other settings is regenerated); a real dataset found there is
+  used as is. The synthetic SYSU-MM01 is always in the raw layout.
 
   Returns:
     (dataset_dir, layout): layout 'raw' | 'market' for SYSU-MM01, 'regdb' for RegDB.
@@ -81,12 +81,12 @@ def find_dataset(data_cfg) -> tuple[str, str]:
   try:
     dataset_dir, layout = _locate(data_cfg.dataset, root, data_cfg.layout)
   except DatasetError:
-    if not data_cfg.synthetic:
+    if not (data_cfg.synthetic and generate):
       raise
     _generate(_synthetic_settings(data_cfg), root, overwrite=False)
     return _locate(data_cfg.dataset, root, 'auto')  # the synthetic set is in the raw layout
   marker = synthetic.read_marker(dataset_dir)
-  if data_cfg.synthetic and marker is not None:
+  if data_cfg.synthetic and generate and marker is not None:
     wanted = _synthetic_settings(data_cfg)
     if any(marker.get(k) != v for k, v in wanted.items()) or (
         marker.get('version') != synthetic.GENERATOR_VERSION):
@@ -114,14 +114,14 @@ def cache_dir(data_cfg) -> str:
   return os.path.join(_root(data_cfg), CACHE_FOLDER)
 
 
-def _builder(data_cfg):
+def _builder(data_cfg, generate: bool = True):
   # TFDS is imported here, not at module level: `import vireid_jax.data` stays light for the
   # decode workers and for modules that only need the types.
   from vireid_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   if not (data_cfg.image_height > 0 and data_cfg.image_width > 0):
     raise DatasetError(f'config.data.image_height/width = {data_cfg.image_height}x'
                        f'{data_cfg.image_width}: expected positive sizes')
-  dataset_dir, layout = find_dataset(data_cfg)
+  dataset_dir, layout = find_dataset(data_cfg, generate)
   if data_cfg.dataset == 'regdb' and data_cfg.trial not in regdb.TRIALS:
     raise DatasetError(f'config.data.trial = {data_cfg.trial}: RegDB trials are 1..10')
   config = tfds_builders.PreparedConfig(
@@ -138,12 +138,14 @@ def _builder(data_cfg):
   return builder, dataset_dir
 
 
-def prepare(data_cfg) -> str:
+def prepare(data_cfg, create: bool = True) -> str:
   """Decodes and resizes the dataset into the cache unless it is there already.
 
   Args:
     data_cfg: `config.data` (dataset, root, layout, cache_dir, synthetic, synthetic_ids,
       image_height, image_width, trial, num_workers).
+    create: False only finds a prepared copy (raising DatasetError if there is none): what
+      the processes other than 0 of a multi-process run do.
 
   Returns:
     The prepared dataset folder (a TFDS dataset: `tfds.builder_from_directory` reads it).
@@ -154,8 +156,13 @@ def prepare(data_cfg) -> str:
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from vireid_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  builder, dataset_dir = _builder(data_cfg)
+  builder, dataset_dir = _builder(data_cfg, generate=create)
   if not tfds_builders.is_prepared(builder.data_dir):
+    if not create:
+      raise DatasetError(
+          f'{builder.data_dir} is not prepared, as seen from this process: with several '
+          f'hosts, put config.data.cache_dir (and the dataset) on a path every host sees, or '
+          f'run `python main.py --mode prepare ...` on every host first')
     print(f'Preparing {_NAMES[data_cfg.dataset]} from {dataset_dir} into {builder.data_dir} '
           f'({builder.builder_config.name})', flush=True)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -163,12 +170,13 @@ def prepare(data_cfg) -> str:
   return os.fspath(builder.data_dir)
 
 
-def load_split(data_cfg, split: str) -> tuple[ImageSet, ImageSet]:
-  """(visible, infrared) ImageSets of 'train' or 'test', preparing the cache if needed."""
+def load_split(data_cfg, split: str, prepare_missing: bool = True) -> tuple[ImageSet, ImageSet]:
+  """(visible, infrared) ImageSets of 'train' or 'test', preparing the cache if needed (and
+  `prepare_missing`)."""
   from vireid_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  prepared = prepare(data_cfg)
+  prepared = prepare(data_cfg, create=prepare_missing)
   sets = []
   for modality in (VISIBLE, INFRARED):
     arrays = tfds_builders.read_split(prepared, f'{split}_{modality}',
