@@ -1,10 +1,15 @@
-"""The list of image files of one modality of one split, before anything is decoded."""
+"""What the dataset readers share: the file list of a split, and the split files they read."""
 
 import dataclasses
+import os
+import re
 
 import numpy as np
 
+from vireid_jax.data.errors import DatasetError
 from vireid_jax.data.types import MODALITIES
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,3 +48,68 @@ def make_file_list(root: str, rows: list[tuple[str, int, int]], modality: str) -
   pids = np.array([r[1] for r in rows], dtype=np.int64)
   cams = np.array([r[2] for r in rows], dtype=np.int64)
   return FileList(root, paths, pids, cams, modality)
+
+
+def image_names(folder: str) -> list[str]:
+  """The image files directly in `folder`, sorted by name (the reference codes' order)."""
+  return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def read_id_file(path: str, dataset: str) -> list[int]:
+  """Reads an id file: comma-separated identity numbers (one line in SYSU-MM01 and LLCM).
+
+  Args:
+    path: the file (SYSU-MM01 exp/*_id.txt, LLCM idx/test_id.txt).
+    dataset: the dataset's name, for the error messages.
+  """
+  if not os.path.isfile(path):
+    raise DatasetError(f'{dataset} split file missing: {path}: expected one line of '
+                       'comma-separated ids, e.g. "1,2,4,5"')
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  tokens = [t for t in re.split(r'[,\s]+', text) if t]
+  if not tokens:
+    raise DatasetError(f'{dataset} split file {path} is empty: expected comma-separated ids')
+  try:
+    return [int(t) for t in tokens]
+  except ValueError as error:
+    raise DatasetError(f'{dataset} split file {path}: {error}; expected comma-separated '
+                       'integer ids') from None
+
+
+def read_labelled_list(dataset_dir: str, path: str, dataset: str,
+                       example: str) -> list[tuple[str, int]]:
+  """Reads `relative/path label` lines; every named image must exist under dataset_dir.
+
+  Args:
+    dataset_dir: the folder the listed paths are relative to.
+    path: the list file (RegDB idx/*_{visible,thermal}_<trial>.txt, LLCM idx/train_*.txt).
+    dataset: the dataset's name, for the error messages.
+    example: an example line of the file, for the error messages.
+
+  Returns:
+    [(relative path with '/' separators, label)] in the file's order.
+  """
+  if not os.path.isfile(path):
+    raise DatasetError(f'{dataset} split file missing: {path}: expected lines "{example}" '
+                       '(one image per line)')
+  rows = []
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, start=1):
+      fields = line.split()
+      if not fields:
+        continue
+      try:
+        if len(fields) != 2:
+          raise ValueError(f'{len(fields)} fields')
+        relative, label = fields[0].replace('\\', '/'), int(fields[1])
+      except ValueError as error:
+        raise DatasetError(f'{path} line {number}: {line.strip()!r} ({error}): expected '
+                           '"<relative image path> <integer label>"') from None
+      if not os.path.isfile(os.path.join(dataset_dir, relative)):
+        raise DatasetError(f'{path} line {number} names {relative}, but '
+                           f'{os.path.join(dataset_dir, relative)} does not exist')
+      rows.append((relative, label))
+  if not rows:
+    raise DatasetError(f'{dataset} split file {path} lists no images')
+  return rows

@@ -9,6 +9,7 @@ The label of the idx file is the identity; visible images carry camera 1, therma
 
 import os
 
+from vireid_jax.data import filelist
 from vireid_jax.data.errors import DatasetError
 from vireid_jax.data.filelist import FileList, make_file_list
 from vireid_jax.data.types import INFRARED, VISIBLE
@@ -42,29 +43,8 @@ def split_file(dataset_dir: str, split: str, modality: str, trial: int) -> str:
 
 def read_split_file(dataset_dir: str, path: str) -> list[tuple[str, int]]:
   """Reads `relative/path label` lines; every named image must exist under dataset_dir."""
-  if not os.path.isfile(path):
-    raise DatasetError(f'RegDB split file missing: {path}: expected lines '
-                       '"Visible/<person>/<file>.bmp <label>" (one image per line)')
-  rows = []
-  with open(path, encoding='utf-8') as f:
-    for number, line in enumerate(f, start=1):
-      fields = line.split()
-      if not fields:
-        continue
-      try:
-        if len(fields) != 2:
-          raise ValueError(f'{len(fields)} fields')
-        relative, label = fields[0].replace('\\', '/'), int(fields[1])
-      except ValueError as error:
-        raise DatasetError(f'{path} line {number}: {line.strip()!r} ({error}): expected '
-                           '"<relative image path> <integer label>"') from None
-      if not os.path.isfile(os.path.join(dataset_dir, relative)):
-        raise DatasetError(f'{path} line {number} names {relative}, but '
-                           f'{os.path.join(dataset_dir, relative)} does not exist')
-      rows.append((relative, label))
-  if not rows:
-    raise DatasetError(f'RegDB split file {path} lists no images')
-  return rows
+  return filelist.read_labelled_list(dataset_dir, path, 'RegDB',
+                                     'Visible/<person>/<file>.bmp <label>')
 
 
 def list_split(dataset_dir: str, trial: int, split: str) -> tuple[FileList, FileList]:

@@ -18,6 +18,7 @@ ids of train_id + val_id, testing those of test_id (SPEC.md: Data).
 import os
 import re
 
+from vireid_jax.data import filelist
 from vireid_jax.data.errors import DatasetError
 from vireid_jax.data.filelist import FileList, make_file_list
 from vireid_jax.data.types import INFRARED, VISIBLE
@@ -28,7 +29,6 @@ CAMS = {VISIBLE: VISIBLE_CAMS, INFRARED: INFRARED_CAMS}
 # Names the dataset folder goes by under `root`: the official one, and ADCA's `data/sysu`.
 FOLDER_NAMES = ('SYSU-MM01', 'sysu')
 ID_FILES = {'train': ('train_id.txt', 'val_id.txt'), 'test': ('test_id.txt',)}
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 # Market-style folders per split; `query` + `bounding_box_test` together hold the test ids.
 MARKET_SPLIT_DIRS = {'train': ('bounding_box_train',), 'test': ('query', 'bounding_box_test')}
 MARKET_MODALITY_DIRS = {VISIBLE: 'rgb_modify', INFRARED: 'ir_modify'}
@@ -83,23 +83,7 @@ def locate(root: str, layout: str = 'auto') -> tuple[str, str]:
 
 def read_id_file(path: str) -> list[int]:
   """Reads an exp/*_id.txt file: comma-separated identity numbers (one line in the release)."""
-  if not os.path.isfile(path):
-    raise DatasetError(f'SYSU-MM01 split file missing: {path}: expected one line of '
-                       'comma-separated ids, e.g. "1,2,4,5"')
-  with open(path, encoding='utf-8') as f:
-    text = f.read()
-  tokens = [t for t in re.split(r'[,\s]+', text) if t]
-  if not tokens:
-    raise DatasetError(f'SYSU-MM01 split file {path} is empty: expected comma-separated ids')
-  try:
-    return [int(t) for t in tokens]
-  except ValueError as error:
-    raise DatasetError(f'SYSU-MM01 split file {path}: {error}; expected comma-separated '
-                       'integer ids') from None
-
-
-def _image_names(folder: str) -> list[str]:
-  return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+  return filelist.read_id_file(path, 'SYSU-MM01')
 
 
 def _list_raw(dataset_dir: str, split: str) -> dict[str, list[tuple[str, int, int]]]:
@@ -124,7 +108,8 @@ def _list_raw(dataset_dir: str, split: str) -> dict[str, list[tuple[str, int, in
         relative = f'cam{cam}/{pid:04d}'
         folder = os.path.join(dataset_dir, relative)
         if os.path.isdir(folder):  # not every identity passes every camera
-          rows[modality].extend((f'{relative}/{n}', pid, cam) for n in _image_names(folder))
+          rows[modality].extend((f'{relative}/{n}', pid, cam)
+                                for n in filelist.image_names(folder))
   return rows
 
 
@@ -143,7 +128,7 @@ def _list_market(dataset_dir: str, split: str) -> dict[str, list[tuple[str, int,
           f'expected {" and/or ".join(folders)} under {dataset_dir} holding '
           '<pid>_c<cam>_<n>.jpg')
     for folder in present:
-      for name in _image_names(os.path.join(dataset_dir, folder)):
+      for name in filelist.image_names(os.path.join(dataset_dir, folder)):
         match = _MARKET_NAME.match(name)
         if match is None:
           raise DatasetError(f'{os.path.join(dataset_dir, folder, name)}: expected a name '
