@@ -9,6 +9,7 @@ import pytest
 from vireid_jax import config as config_lib
 from vireid_jax import data
 from vireid_jax.data import decode
+from vireid_jax.data import llcm
 from vireid_jax.data import regdb
 from vireid_jax.data import synthetic
 from vireid_jax.data import sysu
@@ -83,6 +84,24 @@ def test_regdb_cache_is_keyed_by_trial_and_size(tmp_path):
   assert data.load_train(bigger_cfg)[0].images.shape == (2 * 2, 32, 16, 3)
 
 
+def test_llcm_is_generated_prepared_and_loaded_as_the_reader_lists_it(tmp_path):
+  cfg = _data_cfg(tmp_path, dataset='llcm', synthetic=True, synthetic_ids=3)
+  loaded = {'train': data.load_train(cfg), 'test': data.load_test(cfg)}
+  assert synthetic.read_marker(str(tmp_path / 'LLCM'))['dataset'] == 'llcm'
+  for split, sets in loaded.items():
+    for image_set, listed in zip(sets, llcm.list_split(str(tmp_path / 'LLCM'), split)):
+      assert image_set.modality == listed.modality
+      assert image_set.images.shape == (len(listed), 24, 12, 3)
+      np.testing.assert_array_equal(image_set.paths, listed.paths)
+      np.testing.assert_array_equal(image_set.pids, listed.pids)
+      np.testing.assert_array_equal(image_set.cams, listed.cams)
+      np.testing.assert_array_equal(
+          image_set.images[-1], _decode_independently(
+              os.path.join(listed.root, listed.paths[-1]), 24, 12))
+  assert [p.split(os.sep)[0] for p in _prepared_dirs(str(tmp_path / 'vireid_jax_cache'))] == [
+      'vireid_llcm']
+
+
 def test_synthetic_set_is_generated_when_missing_and_regenerated_when_settings_change(tmp_path):
   cfg = _data_cfg(tmp_path / 'generated', synthetic=True, synthetic_ids=6)
   visible, infrared = data.load_train(cfg)
@@ -105,6 +124,8 @@ def test_missing_dataset_names_the_root_and_the_flag(tmp_path):
     data.prepare(_data_cfg(tmp_path / 'nothing'))
   with pytest.raises(data.DatasetError, match='RegDB not found'):
     data.load_train(_data_cfg(tmp_path / 'nothing', dataset='regdb'))
+  with pytest.raises(data.DatasetError, match='LLCM not found'):
+    data.load_test(_data_cfg(tmp_path / 'nothing', dataset='llcm'))
   assert not os.path.exists(tmp_path / 'nothing')  # nothing written for a missing dataset
   with pytest.raises(data.DatasetError, match=r'synthetic_ids = 2: .* at least 3'):
     data.prepare(_data_cfg(tmp_path / 'nothing', synthetic=True, synthetic_ids=2))

@@ -139,3 +139,57 @@ def test_refuses_to_replace_a_real_dataset(tmp_path):
   synthetic.write_regdb(str(tmp_path), 4, 1, image_size=SIZE, overwrite=True)
   assert synthetic.read_marker(str(tmp_path / 'RegDB'))['num_ids'] == 4
   assert sorted(os.listdir(tmp_path)) == ['RegDB', 'SYSU-MM01']
+
+
+def test_llcm_layout_low_light_and_determinism(tmp_path):
+  folder = synthetic.write_llcm(str(tmp_path / 'a'), num_ids=4, images_per_camera=1, seed=3,
+                                image_size=SIZE)
+  assert folder == os.path.join(str(tmp_path / 'a'), 'LLCM')
+  assert sorted(os.listdir(folder)) == sorted(['idx', 'nir', 'test_nir', 'test_vis', 'vis',
+                                               synthetic.MARKER])
+  assert sorted(os.listdir(os.path.join(folder, 'idx'))) == ['test_id.txt', 'train_nir.txt',
+                                                             'train_vis.txt']
+  assert 'cam3' not in os.listdir(os.path.join(folder, 'test_nir'))  # no infrared camera 3
+  split = synthetic.llcm_id_split(4, seed=3)
+  with open(os.path.join(folder, 'idx', 'test_id.txt')) as f:
+    assert f.read() == ','.join(map(str, split['test'])) + '\n'  # one comma-separated line
+  for modality, tag in (('vis', 'visible'), ('nir', 'infrared')):
+    with open(os.path.join(folder, 'idx', f'train_{modality}.txt')) as f:
+      rows = [line.split(' ') for line in f.read().splitlines()]
+    assert len(rows) == sum(len(synthetic.llcm_cameras(pid, 3)[tag]) for pid in split['train'])
+    for path, label in rows:
+      pid = split['train'][int(label)]
+      assert path.startswith(f'{modality}/{pid:04d}/{pid:04d}_c0') and path.endswith(
+          f'_{modality}.jpg')
+      assert os.path.isfile(os.path.join(folder, path))
+  # The same seed writes the same bytes; another seed other pictures.
+  a = _digests(folder)
+  assert a == _digests(synthetic.write_llcm(str(tmp_path / 'b'), 4, 1, seed=3, image_size=SIZE))
+  c = _digests(synthetic.write_llcm(str(tmp_path / 'c'), 4, 1, seed=4, image_size=SIZE))
+  assert sum(k in c and a[k] != c[k] for k in a if k.endswith('.jpg')) > 0
+  assert sorted(os.listdir(tmp_path / 'a')) == ['LLCM']  # no temporary folder left
+
+
+def test_llcm_visible_pictures_are_low_light():
+  # The same people by day (SYSU-MM01's visible cameras) and at LLCM's night-time light.
+  day, night = [], []
+  for pid in range(1, 5):
+    person = render.sample_identity(0, pid)
+    for cam in synthetic.llcm_cameras(pid)['visible']:
+      night.append(render.render(person, synthetic.LLCM_CAMERAS[cam]['visible'], 0,
+                                 (pid, cam, 1, 0), SIZE).mean())
+    for cam in (1, 2, 4, 5):
+      day.append(render.render(person, synthetic.SYSU_CAMERAS[cam], 0, (pid, cam, 1),
+                               SIZE).mean())
+  assert max(night) < np.mean(day) and np.mean(night) < 0.5 * np.mean(day)
+
+
+def test_default_llcm_counts_match_the_documentation():
+  split = synthetic.llcm_id_split(synthetic.LLCM_NUM_IDS)
+  assert (len(split['train']), len(split['test'])) == (24, 12)
+  per_camera = synthetic.LLCM_IMAGES_PER_CAMERA
+  counts = {part: [sum(len(synthetic.llcm_cameras(pid)[m]) * per_camera for pid in pids)
+                   for m in ('visible', 'infrared')] for part, pids in split.items()}
+  assert counts == {'train': [288, 216], 'test': [144, 108]}
+  assert all(3 not in synthetic.llcm_cameras(pid)['infrared']
+             for pid in range(1, synthetic.LLCM_NUM_IDS + 1))

@@ -1,4 +1,4 @@
-"""The data layer: readers of SYSU-MM01 and RegDB, the synthetic set, prepared caches.
+"""The data layer: readers of SYSU-MM01, RegDB and LLCM, the synthetic sets, prepared caches.
 
   visible, infrared = vireid_jax.data.load_train(config.data)  # ImageSets, uint8 in memory
   visible, infrared = vireid_jax.data.load_test(config.data)

@@ -12,6 +12,7 @@ import os
 
 from absl import logging
 
+from vireid_jax.data import llcm
 from vireid_jax.data import regdb
 from vireid_jax.data import synthetic
 from vireid_jax.data import sysu
@@ -22,33 +23,39 @@ from vireid_jax.data.types import VISIBLE
 
 DEFAULT_SYNTHETIC_ROOT = 'data/synthetic'  # where the synthetic set goes when root is ''
 CACHE_FOLDER = 'vireid_jax_cache'  # under root when config.data.cache_dir is ''
-DATASETS = ('sysu', 'regdb')
-_NAMES = {'sysu': 'SYSU-MM01', 'regdb': 'RegDB'}
+DATASETS = ('sysu', 'regdb', 'llcm')
+_NAMES = {'sysu': 'SYSU-MM01', 'regdb': 'RegDB', 'llcm': 'LLCM'}
 
 
 def _root(data_cfg) -> str:
   root = data_cfg.root or (DEFAULT_SYNTHETIC_ROOT if data_cfg.synthetic else '')
   if not root:
     raise DatasetError('config.data.root is empty: set --config.data.root to the folder '
-                       'holding SYSU-MM01/ or RegDB/ (or --config.data.synthetic=True)')
+                       'holding SYSU-MM01/, RegDB/ or LLCM/ (or '
+                       '--config.data.synthetic=True)')
   return os.path.abspath(os.path.expanduser(root))
 
 
 def _locate(dataset: str, root: str, layout: str) -> tuple[str, str]:
   if dataset == 'sysu':
     return sysu.locate(root, layout)
+  if dataset == 'llcm':
+    return llcm.locate(root), 'llcm'
   return regdb.locate(root), 'regdb'
 
 
 def _synthetic_settings(data_cfg) -> dict:
   """What the synthetic set of this config must have been generated with."""
-  minimum = {'sysu': 3, 'regdb': 2}[data_cfg.dataset]  # one id per split at least
+  minimum = {'sysu': 3, 'regdb': 2, 'llcm': 2}[data_cfg.dataset]  # one id per split at least
   if 0 < data_cfg.synthetic_ids < minimum or data_cfg.synthetic_ids < 0:
     raise DatasetError(f'config.data.synthetic_ids = {data_cfg.synthetic_ids}: the synthetic '
                        f'{_NAMES[data_cfg.dataset]} needs at least {minimum} (0: the default)')
   if data_cfg.dataset == 'sysu':
     return {'dataset': 'sysu', 'num_ids': data_cfg.synthetic_ids or synthetic.SYSU_NUM_IDS,
             'images_per_camera': synthetic.SYSU_IMAGES_PER_CAMERA}
+  if data_cfg.dataset == 'llcm':
+    return {'dataset': 'llcm', 'num_ids': data_cfg.synthetic_ids or synthetic.LLCM_NUM_IDS,
+            'images_per_camera': synthetic.LLCM_IMAGES_PER_CAMERA}
   return {'dataset': 'regdb', 'num_ids': data_cfg.synthetic_ids or synthetic.REGDB_NUM_IDS,
           'images_per_modality': synthetic.REGDB_IMAGES_PER_MODALITY}
 
@@ -59,6 +66,9 @@ def _generate(settings: dict, root: str, overwrite: bool) -> None:
         flush=True)
   if settings['dataset'] == 'sysu':
     synthetic.write_sysu(root, settings['num_ids'], settings['images_per_camera'],
+                         overwrite=overwrite)
+  elif settings['dataset'] == 'llcm':
+    synthetic.write_llcm(root, settings['num_ids'], settings['images_per_camera'],
                          overwrite=overwrite)
   else:
     synthetic.write_regdb(root, settings['num_ids'], settings['images_per_modality'],
@@ -73,7 +83,8 @@ def find_dataset(data_cfg, generate: bool = True) -> tuple[str, str]:
   used as is. The synthetic SYSU-MM01 is always in the raw layout.
 
   Returns:
-    (dataset_dir, layout): layout 'raw' | 'market' for SYSU-MM01, 'regdb' for RegDB.
+    (dataset_dir, layout): layout 'raw' | 'market' for SYSU-MM01, 'regdb' for RegDB, 'llcm'
+    for LLCM.
   """
   if data_cfg.dataset not in DATASETS:
     raise DatasetError(f'config.data.dataset = {data_cfg.dataset!r}: expected one of {DATASETS}')
@@ -100,7 +111,7 @@ def find_dataset(data_cfg, generate: bool = True) -> tuple[str, str]:
 def cache_key(data_cfg, dataset_dir: str, layout: str) -> str:
   """The name of the prepared copy: layout or trial, image size, synthetic settings."""
   size = f'{data_cfg.image_height}x{data_cfg.image_width}'
-  key = f'{layout}_{size}' if data_cfg.dataset == 'sysu' else f'trial{data_cfg.trial}_{size}'
+  key = f'trial{data_cfg.trial}_{size}' if data_cfg.dataset == 'regdb' else f'{layout}_{size}'
   marker = synthetic.read_marker(dataset_dir)
   if marker is not None:  # never mix up a synthetic set with a real one, or two synthetic sets
     key += f'_synthetic{marker["num_ids"]}ids_seed{marker["seed"]}_v{marker["version"]}'
@@ -126,7 +137,7 @@ def _builder(data_cfg, generate: bool = True):
     raise DatasetError(f'config.data.trial = {data_cfg.trial}: RegDB trials are 1..10')
   config = tfds_builders.PreparedConfig(
       name=cache_key(data_cfg, dataset_dir, layout), image_height=data_cfg.image_height,
-      image_width=data_cfg.image_width, layout=layout if layout != 'regdb' else '',
+      image_width=data_cfg.image_width, layout=layout if data_cfg.dataset == 'sysu' else '',
       trial=data_cfg.trial)
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # TFDS warns that a custom config is in use: it is ours
@@ -186,7 +197,8 @@ def load_split(data_cfg, split: str, prepare_missing: bool = True) -> tuple[Imag
 
 
 def load_train(data_cfg) -> tuple[ImageSet, ImageSet]:
-  """(visible, infrared) training images: SYSU ids of train + val, or the RegDB trial's train.
+  """(visible, infrared) training images: SYSU ids of train + val, the RegDB trial's train, or
+  LLCM's idx/train_vis.txt and idx/train_nir.txt.
 
   Images are (N, image_height, image_width, 3) uint8; pids and cams are for diagnostics only.
   """
@@ -195,6 +207,7 @@ def load_train(data_cfg) -> tuple[ImageSet, ImageSet]:
 
 def load_test(data_cfg) -> tuple[ImageSet, ImageSet]:
   """(visible, infrared) test images: every SYSU test-id image of the visible cameras (1, 2, 4,
-  5) and of the infrared cameras (3, 6), or the RegDB trial's test visible and thermal images.
-  The SYSU query/gallery draws per trial are made from these by vireid_jax.evaluation."""
+  5) and of the infrared cameras (3, 6), the RegDB trial's test visible and thermal images, or
+  every LLCM test-id image of test_vis/ and test_nir/. The SYSU and LLCM query/gallery draws
+  per trial are made from these by vireid_jax.evaluation."""
   return load_split(data_cfg, 'test')

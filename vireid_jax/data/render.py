@@ -400,6 +400,9 @@ class Camera:
   infrared: bool
   outdoor: bool
   cast: tuple[float, float, float] = (1.0, 1.0, 1.0)  # visible: per-channel gain
+  # Visible: the light reaching the sensor (1 daylight; LLCM's low-light scenes about 0.3).
+  # A dark picture keeps the sensor's noise, so its signal-to-noise ratio drops.
+  exposure: float = 1.0
   gain: float = 1.0  # infrared: contrast and offset of the heat-to-grey mapping
   offset: float = 0.0
   noise: float = 0.015
@@ -411,8 +414,10 @@ def _noise(rng: np.random.Generator, shape, std: float) -> np.ndarray:
 
 
 def _to_visible(canvas: np.ndarray, camera: Camera, rng: np.random.Generator) -> np.ndarray:
-  # The camera's cast, this picture's exposure and a white-balance drift, in one gain.
-  gain = np.asarray(camera.cast) * rng.uniform(0.8, 1.15) * rng.uniform(0.95, 1.05, 3)
+  # The camera's cast and light level, this picture's exposure and a white-balance drift, in
+  # one gain.
+  gain = (np.asarray(camera.cast) * camera.exposure * rng.uniform(0.8, 1.15)
+          * rng.uniform(0.95, 1.05, 3))
   rgb = canvas[..., :3] * (255 * gain).astype(np.float32)
   rgb += _noise(rng, rgb.shape, 255 * camera.noise)
   return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)

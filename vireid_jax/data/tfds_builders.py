@@ -1,4 +1,4 @@
-"""TFDS builders that store SYSU-MM01 and RegDB already decoded and resized.
+"""TFDS builders that store SYSU-MM01, RegDB and LLCM already decoded and resized.
 
 Each builder reads the dataset folder the user downloaded (TFDS "manual download"), decodes and
 resizes every image once in parallel, and writes four splits, `train_visible`, `train_infrared`,
@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vireid_jax.data import decode
+from vireid_jax.data import llcm
 from vireid_jax.data import regdb
 from vireid_jax.data import sysu
 from vireid_jax.data.errors import DatasetError
@@ -36,8 +37,8 @@ class PreparedConfig(tfds.core.BuilderConfig):
 
   Attributes:
     image_height, image_width: every image is resized to this.
-    layout: SYSU-MM01 folder layout ('raw' | 'market'); unused for RegDB.
-    trial: RegDB split 1..10; unused for SYSU-MM01.
+    layout: SYSU-MM01 folder layout ('raw' | 'market'); unused for RegDB and LLCM.
+    trial: RegDB split 1..10; unused for SYSU-MM01 and LLCM.
   """
   image_height: int = 288
   image_width: int = 144
@@ -158,12 +159,29 @@ class VireidRegdb(_PreparedReidDataset):
     return regdb.list_split(dataset_dir, self.builder_config.trial, split)
 
 
-BUILDERS = {'sysu': VireidSysuMm01, 'regdb': VireidRegdb}
+class VireidLlcm(_PreparedReidDataset):
+  """LLCM: train = idx/train_vis.txt + idx/train_nir.txt, test = ids of idx/test_id.txt."""
+
+  name = 'vireid_llcm'
+  DISPLAY_NAME = 'LLCM'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Request LLCM from its authors (a signed release agreement, see
+  https://github.com/ZYK100/LLCM), extract it so that <root>/LLCM/ holds idx/, vis/, nir/,
+  test_vis/ and test_nir/, then run
+    python main.py --mode prepare --config configs/llcm.py --config.data.root=<root>
+  """
+
+  def _list_split(self, dataset_dir: str, split: str) -> tuple[FileList, FileList]:
+    return llcm.list_split(dataset_dir, split)
+
+
+BUILDERS = {'sysu': VireidSysuMm01, 'regdb': VireidRegdb, 'llcm': VireidLlcm}
 
 
 def make_builder(dataset: str, config: PreparedConfig, data_dir: str,
                  num_workers: int = 0) -> _PreparedReidDataset:
-  """The builder of `dataset` ('sysu' | 'regdb') for `config`, storing under data_dir."""
+  """The builder of `dataset` ('sysu' | 'regdb' | 'llcm') for `config`, storing under
+  data_dir."""
   return BUILDERS[dataset](config=config, data_dir=data_dir, file_format='array_record',
                            num_workers=num_workers)
 
