@@ -1,4 +1,4 @@
-"""Tests of the SYSU-MM01 / RegDB metrics: hand-worked cases and a slow per-query twin."""
+"""Tests of the SYSU-MM01 / LLCM / RegDB metrics: hand-worked cases and a slow per-query twin."""
 
 import numpy as np
 import pytest
@@ -6,13 +6,20 @@ import pytest
 from vireid_jax.evaluation import metrics
 
 
-def slow_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, sysu):
-  """One query at a time, the way the dataset authors' loop reads (an independent twin)."""
+def slow_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, sysu, llcm=False):
+  """One query at a time, the way the dataset authors' loop reads (an independent twin).
+
+  sysu: SYSU-MM01's cam3/cam2 drop and distinct-identity CMC; llcm: LLCM's drop of the query's
+  own identity and camera, and distinct-identity CMC.
+  """
   cmc_hits, aps, inps = [], [], []
   for q in range(len(q_pids)):
     order = np.argsort(distmat[q])
     if sysu and q_cams[q] == 3:
       order = np.array([g for g in order if g_cams[g] != 2], dtype=np.int64)
+    if llcm:
+      order = np.array([g for g in order if not (g_pids[g] == q_pids[q] and
+                                                 g_cams[g] == q_cams[q])], dtype=np.int64)
     labels = g_pids[order]
     correct = labels == q_pids[q]
     if not correct.any():
@@ -20,7 +27,7 @@ def slow_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, sysu):
     positions = np.flatnonzero(correct) + 1  # 1-based ranks of the correct matches
     aps.append(np.mean([(i + 1) / p for i, p in enumerate(positions)]))
     inps.append(len(positions) / positions[-1])
-    if sysu:
+    if sysu or llcm:
       distinct = []
       for label in labels:
         if label not in distinct:
@@ -80,11 +87,71 @@ def test_regdb_matches_slow_per_query_loop(seed, num_query, num_gallery, num_ids
   assert mean_inp == pytest.approx(want_inp, abs=1e-12)
 
 
+@pytest.mark.parametrize('seed,num_query,num_gallery,num_ids,ties', [
+    (7, 40, 60, 8, False),
+    (8, 60, 30, 5, True),
+    (9, 300, 40, 6, False),
+])
+def test_llcm_matches_slow_per_query_loop(seed, num_query, num_gallery, num_ids, ties,
+                                          monkeypatch):
+  monkeypatch.setattr(metrics, '_CHUNK_ELEMENTS', 700)  # several query chunks
+  distmat, q_pids, g_pids, _, _ = random_case(seed, num_query, num_gallery, num_ids, ties)
+  # LLCM cameras record both modalities: queries and gallery share camera numbers 1..4.
+  rng = np.random.default_rng(seed + 100)
+  q_cams, g_cams = rng.integers(1, 5, num_query), rng.integers(1, 5, num_gallery)
+  cmc, mean_ap, mean_inp = metrics.eval_llcm(distmat, q_pids, g_pids, q_cams, g_cams, 20)
+  want_cmc, want_ap, want_inp = slow_metrics(distmat, q_pids, g_pids, q_cams, g_cams, 20,
+                                             sysu=False, llcm=True)
+  np.testing.assert_allclose(cmc, want_cmc, atol=1e-12)
+  assert mean_ap == pytest.approx(want_ap, abs=1e-12)
+  assert mean_inp == pytest.approx(want_inp, abs=1e-12)
+  order = np.argsort(distmat, axis=1)
+  for got, want in zip(
+      metrics.ranked_metrics(order, q_pids, g_pids, q_cams, g_cams, 20, rules='llcm'),
+      (cmc, mean_ap, mean_inp)):
+    np.testing.assert_allclose(got, want)
+
+
+def test_llcm_drops_only_the_query_identity_seen_by_its_own_camera():
+  # Ranked gallery (identity, camera): (1, 2), (2, 1), (1, 4), (2, 2), (1, 5).
+  g_pids = np.array([1, 2, 1, 2, 1])
+  g_cams = np.array([2, 1, 4, 2, 5])
+  distmat = np.array([[0.1, 0.2, 0.3, 0.4, 0.5]])
+  # Identity 1 from camera 2: its own camera-2 image goes, identity 2's camera-2 image stays.
+  # Left: 2, 1, 2, 1 -> matches at ranks 2 and 4; distinct identities 2, 1 -> Rank-2.
+  cmc, mean_ap, mean_inp = metrics.eval_llcm(distmat, np.array([1]), g_pids, np.array([2]),
+                                             g_cams, max_rank=4)
+  np.testing.assert_allclose(cmc, [0, 1, 1, 1])
+  assert mean_ap == pytest.approx((1 / 2 + 2 / 4) / 2)
+  assert mean_inp == pytest.approx(2 / 4)
+  # From camera 3 nothing is dropped (SYSU-MM01's cam3/cam2 rule is not LLCM's).
+  cmc, mean_ap, mean_inp = metrics.eval_llcm(distmat, np.array([1]), g_pids, np.array([3]),
+                                             g_cams, max_rank=4)
+  np.testing.assert_allclose(cmc, [1, 1, 1, 1])
+  assert mean_ap == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+  assert mean_inp == pytest.approx(3 / 5)
+  # Identity 2 from camera 1: left (1, 2), (1, 4), (2, 2), (1, 5); the match is third, the
+  # distinct identities read 1, 2: Rank-2.
+  cmc, mean_ap, mean_inp = metrics.eval_llcm(distmat, np.array([2]), g_pids, np.array([1]),
+                                             g_cams, max_rank=4)
+  np.testing.assert_allclose(cmc, [0, 1, 1, 1])
+  assert (mean_ap, mean_inp) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+  # A query whose only match shares its camera has nothing left to find: it is skipped.
+  g_pids[4] = 3
+  both = metrics.eval_llcm(np.concatenate([distmat, distmat]), np.array([1, 3]), g_pids,
+                           np.array([3, 5]), g_cams, max_rank=4)
+  alone = metrics.eval_llcm(distmat, np.array([1]), g_pids, np.array([3]), g_cams, max_rank=4)
+  for got, want in zip(both, alone):
+    np.testing.assert_allclose(got, want)
+  np.testing.assert_allclose(alone[0], [1, 1, 1, 1])
+  assert alone[1] == pytest.approx((1 + 2 / 3) / 2)
+
+
 def test_ranked_metrics_equals_eval_on_the_same_order():
   distmat, q_pids, g_pids, q_cams, g_cams = random_case(7, 30, 50, 6)
   order = np.argsort(distmat, axis=1)
   for got, want in zip(
-      metrics.ranked_metrics(order, q_pids, g_pids, q_cams, g_cams, 10, sysu_rules=True),
+      metrics.ranked_metrics(order, q_pids, g_pids, q_cams, g_cams, 10, rules='sysu'),
       metrics.eval_sysu(distmat, q_pids, g_pids, q_cams, g_cams, 10)):
     np.testing.assert_allclose(got, want)
   for got, want in zip(metrics.ranked_metrics(order, q_pids, g_pids, max_rank=10),

@@ -1,6 +1,7 @@
-"""Tests of the SYSU-MM01 gallery draws and the protocol runners."""
+"""Tests of the SYSU-MM01 and LLCM gallery draws and the protocol runners."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -208,3 +209,106 @@ def test_aggregate_trials_pools_regdb_splits(tmp_path):
   assert evaluation.aggregate_files(files) == json.loads(json.dumps(pooled))
   with pytest.raises(ValueError, match='more than once'):
     evaluation.aggregate_trials([runs[0], runs[0]])
+
+
+# --- LLCM -------------------------------------------------------------------------------------
+
+
+def llcm_test_set(modality, seed=0, num_ids=6):
+  """An LLCM-like test set of one modality: ids x some cameras, 2..6 images, release paths."""
+  rng = np.random.default_rng(seed)
+  folder, tag = {'visible': ('test_vis', 'vis'), 'infrared': ('test_nir', 'nir')}[modality]
+  cameras = (1, 2, 3, 4, 5, 6, 7, 8, 9) if modality == 'visible' else (1, 2, 4, 5, 6, 7, 8, 9)
+  pids, cams, paths = [], [], []
+  for pid in range(1, num_ids + 1):
+    for cam in sorted(rng.choice(cameras, 3, replace=False)):
+      for frame in rng.choice(1000, rng.integers(2, 7), replace=False):
+        pids.append(pid)
+        cams.append(cam)
+        paths.append(f'{folder}/cam{cam}/{pid:04d}/{pid:04d}_c{cam:02d}_s1_f{frame:04d}_{tag}.jpg')
+  order = rng.permutation(len(pids))  # the draw must not depend on the ImageSet's order
+  return np.array(pids)[order], np.array(cams)[order], np.array(paths)[order]
+
+
+def authors_llcm_draw(paths, modality, trial):
+  """The LLCM authors' process_gallery_llcm, written from its file-list logic."""
+  cameras = ([f'test_vis/cam{c}' for c in range(1, 10)] if modality == 'visible' else
+             [f'test_nir/cam{c}' for c in (1, 2, 4, 5, 6, 7, 8, 9)])
+  folders = {}
+  for path in paths:
+    folders.setdefault(os.path.dirname(path), []).append(path)
+  random.seed(trial)
+  chosen = []
+  for pid in sorted({path.split('/')[2] for path in paths}):  # '%04d' strings, as theirs
+    for cam in cameras:
+      if f'{cam}/{pid}' in folders:
+        chosen.append(random.choice(sorted(folders[f'{cam}/{pid}'])))
+  return chosen
+
+
+@pytest.mark.parametrize('modality', ['visible', 'infrared'])
+def test_llcm_gallery_is_the_authors_draw_and_differs_across_trials(modality):
+  pids, cams, paths = llcm_test_set(modality)
+  draws = []
+  for trial in range(4):
+    index = evaluation.one_per_identity_camera(pids, cams, trial, paths=paths)
+    assert sorted(paths[index]) == sorted(authors_llcm_draw(paths, modality, trial))
+    groups = list(zip(pids[index], cams[index]))
+    assert len(groups) == len(set(groups)) == len(set(zip(pids, cams)))
+    draws.append(tuple(index))
+  again = evaluation.one_per_identity_camera(pids, cams, 2, paths=paths)
+  assert tuple(again) == draws[2]  # deterministic per trial
+  assert len(set(draws)) == 4  # and different across trials
+
+
+def llcm_features(seed=0):
+  """Integer-valued features: every dot product is exact, so any BLAS gives the same scores
+  (and the same exact ties) to the runner and to this test."""
+  rng = np.random.default_rng(seed)
+  sets = {}
+  for modality in ('visible', 'infrared'):
+    pids, cams, paths = llcm_test_set(modality, seed)
+    centers = rng.integers(-2, 3, (7, 8))
+    features = (centers[pids] + rng.integers(-2, 3, (len(pids), 8))).astype(np.float32)
+    sets[modality] = (features, pids, cams, paths)
+  return sets
+
+
+def test_evaluate_llcm_equals_eval_llcm_on_each_drawn_gallery():
+  sets = llcm_features()
+  (v_feat, v_pids, v_cams, v_paths), (i_feat, i_pids, i_cams, i_paths) = (
+      sets['visible'], sets['infrared'])
+  results = evaluation.evaluate_llcm(v_feat, v_pids, v_cams, i_feat, i_pids, i_cams,
+                                     trials=range(3), visible_paths=v_paths,
+                                     infrared_paths=i_paths)
+  assert set(results) == set(evaluation.LLCM_SETTINGS)
+  for name, (query, gallery) in evaluation.LLCM_SETTINGS.items():
+    result = results[name]
+    q_feat, q_pids, q_cams, _ = sets[query]
+    g_feat, g_pids, g_cams, g_paths = sets[gallery]
+    # Every test image of the query modality queries (untransposed, both directions).
+    assert (result['dataset'], result['num_query']) == ('llcm', len(q_pids))
+    assert (result['query_modality'], result['gallery_modality']) == (query, gallery)
+    assert result['trials'] == [0, 1, 2]
+    for entry in result['per_trial']:
+      index = evaluation.one_per_identity_camera(g_pids, g_cams, entry['trial'], paths=g_paths)
+      assert entry['gallery_size'] == len(index) == len(set(zip(g_pids, g_cams)))
+      cmc, mean_ap, mean_inp = evaluation.eval_llcm(-q_feat @ g_feat[index].T, q_pids,
+                                                    g_pids[index], q_cams, g_cams[index])
+      np.testing.assert_allclose(entry['cmc'], 100 * cmc, atol=1e-9)
+      assert entry['rank1'] == pytest.approx(100 * cmc[0])
+      assert entry['mAP'] == pytest.approx(100 * mean_ap)
+      assert entry['mINP'] == pytest.approx(100 * mean_inp)
+    for key in evaluation.METRIC_KEYS:
+      values = [entry[key] for entry in result['per_trial']]
+      assert result['mean'][key] == pytest.approx(np.mean(values))
+      assert result['std'][key] == pytest.approx(np.std(values, ddof=1))
+  maps = [entry['mAP'] for entry in results['infrared_to_visible']['per_trial']]
+  assert len(set(maps)) > 1  # the draws differ, and so do the numbers
+
+
+def test_evaluate_llcm_rejects_unknown_settings():
+  sets = llcm_features()
+  with pytest.raises(ValueError, match='thermal_to_visible'):
+    evaluation.evaluate_llcm(*sets['visible'][:3], *sets['infrared'][:3],
+                             settings=('thermal_to_visible',))

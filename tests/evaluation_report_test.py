@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from vireid_jax import evaluation
+from vireid_jax.evaluation import metrics
 from vireid_jax.evaluation import ranklist
 
 
@@ -63,12 +64,18 @@ def test_plot_cmc_writes_a_png(tmp_path):
 
 def test_ranked_gallery_applies_the_cam2_drop_only_for_cam3_queries():
   distmat_row = np.array([0.1, 0.2, 0.3, 0.4])
-  g_cams = np.array([2, 1, 2, 4])
-  np.testing.assert_array_equal(ranklist.ranked_gallery(distmat_row, 3, g_cams, 3, True), [1, 3])
-  np.testing.assert_array_equal(ranklist.ranked_gallery(distmat_row, 6, g_cams, 3, True),
-                                [0, 1, 2])
-  np.testing.assert_array_equal(ranklist.ranked_gallery(distmat_row, 3, g_cams, 3, False),
-                                [0, 1, 2])
+  g_pids, g_cams = np.array([1, 1, 2, 2]), np.array([2, 1, 2, 4])
+
+  def ranked(rules, q_pid, q_cam):
+    dropped = metrics.drop_mask(rules, np.array([q_pid]), g_pids, np.array([q_cam]), g_cams)
+    return ranklist.ranked_gallery(distmat_row, dropped[0], 3)
+
+  np.testing.assert_array_equal(ranked('sysu', 1, 3), [1, 3])
+  np.testing.assert_array_equal(ranked('sysu', 1, 6), [0, 1, 2])
+  np.testing.assert_array_equal(ranked('regdb', 1, 3), [0, 1, 2])
+  # LLCM drops only the query's own identity seen by its own camera.
+  np.testing.assert_array_equal(ranked('llcm', 1, 2), [1, 2, 3])
+  np.testing.assert_array_equal(ranked('llcm', 2, 2), [0, 1, 3])
 
 
 def colour_pixels(path, hex_colour):
@@ -98,7 +105,7 @@ def test_save_ranklist_checks_shapes(tmp_path):
   grey = np.full((2, 32, 16, 3), 128, np.uint8)
   with pytest.raises(ValueError, match='num_query'):
     ranklist.save_ranklist(grey, grey, np.zeros((2, 3)), np.array([1, 2]), np.array([1, 2]),
-                           None, None, str(tmp_path / 'x.png'), sysu_drop=False)
+                           None, None, str(tmp_path / 'x.png'), rules='regdb')
 
 
 def test_choose_queries_picks_distinct_identities_deterministically():

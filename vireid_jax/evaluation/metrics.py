@@ -1,13 +1,16 @@
-"""CMC, mAP and mINP with the SYSU-MM01 and RegDB rules, vectorised over queries.
+"""CMC, mAP and mINP with the SYSU-MM01, LLCM and RegDB rules, vectorised over queries.
 
 The rules are those of the reference's `eval_sysu` / `eval_regdb` (the dataset authors'
-protocol, SPEC.md "Evaluation protocols"):
+protocol, SPEC.md "Evaluation protocols") and of the LLCM authors' `eval_llcm`:
 
 - SYSU-MM01: for a query from cam3, every gallery image from cam2 is dropped (the two cameras
   see the same place). CMC follows the dataset authors' code: after the drop, repeated
   identities are removed from the ranked list (each identity counts at its first occurrence),
   so Rank-k says "the true identity is among the first k distinct identities". mAP and mINP use
   the full ranked list after the drop.
+- LLCM: every gallery image of the query's own identity AND camera is dropped (an LLCM camera
+  records both modalities: visible by day, near-infrared by night); then CMC, mAP and mINP as
+  for SYSU-MM01.
 - RegDB: nothing is dropped; CMC is the standard one (first correct image within rank k).
 - Both: a query with no correct match in its gallery is skipped; the averages are over the
   remaining ("valid") queries. AP = mean over correct matches of precision at their rank;
@@ -33,6 +36,9 @@ SYSU_SAME_PLACE_GALLERY_CAM = 2
 
 # Query rows ranked at once: bounds the (rows, G) temporaries to a few MB each.
 _CHUNK_ELEMENTS = 1 << 20
+# Which gallery images a query may not see, and whether CMC counts identities once.
+RULES = ('sysu', 'llcm', 'regdb')
+_DISTINCT_IDENTITY_CMC = {'sysu': True, 'llcm': True, 'regdb': False}
 
 
 def eval_sysu(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
@@ -51,7 +57,26 @@ def eval_sysu(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
   Returns:
     (cmc (max_rank,) float64, mAP, mINP), all fractions in [0, 1].
   """
-  return _evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules=True)
+  return _evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, rules='sysu')
+
+
+def eval_llcm(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
+              q_cams: np.ndarray, g_cams: np.ndarray,
+              max_rank: int = 20) -> Tuple[np.ndarray, float, float]:
+  """LLCM metrics: same-identity-and-camera drop, identity-deduplicated CMC, mAP and mINP.
+
+  Args:
+    distmat: (Q, G) distances, smaller is more similar.
+    q_pids: (Q,) query identities.
+    g_pids: (G,) gallery identities.
+    q_cams: (Q,) query cameras (LLCM numbering 1..9, shared by both modalities).
+    g_cams: (G,) gallery cameras.
+    max_rank: length of the CMC curve.
+
+  Returns:
+    (cmc (max_rank,) float64, mAP, mINP), all fractions in [0, 1].
+  """
+  return _evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, rules='llcm')
 
 
 def eval_regdb(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
@@ -67,7 +92,7 @@ def eval_regdb(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
   Returns:
     (cmc (max_rank,) float64, mAP, mINP), all fractions in [0, 1].
   """
-  return _evaluate(distmat, q_pids, g_pids, None, None, max_rank, sysu_rules=False)
+  return _evaluate(distmat, q_pids, g_pids, None, None, max_rank, rules='regdb')
 
 
 def sysu_drop_mask(q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
@@ -78,11 +103,30 @@ def sysu_drop_mask(q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
           & (g_cams == SYSU_SAME_PLACE_GALLERY_CAM)[None, :])
 
 
+def llcm_drop_mask(q_pids: np.ndarray, g_pids: np.ndarray, q_cams: np.ndarray,
+                   g_cams: np.ndarray) -> np.ndarray:
+  """(Q, G) bool: True where the LLCM rule drops gallery image g for query q (same identity,
+  same camera)."""
+  return ((np.asarray(q_pids)[:, None] == np.asarray(g_pids)[None, :])
+          & (np.asarray(q_cams)[:, None] == np.asarray(g_cams)[None, :]))
+
+
+def drop_mask(rules: str, q_pids: np.ndarray, g_pids: np.ndarray,
+              q_cams: Optional[np.ndarray], g_cams: Optional[np.ndarray]) -> np.ndarray:
+  """(Q, G) bool: the gallery images each query may not see under `rules` (one of RULES)."""
+  if rules == 'sysu':
+    return sysu_drop_mask(q_cams, g_cams)
+  if rules == 'llcm':
+    return llcm_drop_mask(q_pids, g_pids, q_cams, g_cams)
+  if rules == 'regdb':
+    return np.zeros((len(q_pids), len(g_pids)), bool)
+  raise ValueError(f'rules must be one of {RULES}, got {rules!r}')
+
+
 def ranked_metrics(order: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
                    q_cams: Optional[np.ndarray] = None, g_cams: Optional[np.ndarray] = None,
-                   max_rank: int = 20,
-                   sysu_rules: bool = False) -> Tuple[np.ndarray, float, float]:
-  """`eval_sysu` (sysu_rules=True) or `eval_regdb` on an already ranked gallery.
+                   max_rank: int = 20, rules: str = 'regdb') -> Tuple[np.ndarray, float, float]:
+  """`eval_sysu`, `eval_llcm` or `eval_regdb` (by `rules`) on an already ranked gallery.
 
   Lets a caller rank once and score many galleries: the protocol runner sorts the whole
   visible test set once and restricts that order to each trial's gallery.
@@ -90,30 +134,32 @@ def ranked_metrics(order: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
   Args:
     order: (Q, G) int gallery indices per query, most similar first.
     q_pids, g_pids, q_cams, g_cams, max_rank: as in `eval_sysu`.
-    sysu_rules: apply the SYSU-MM01 drop and identity-deduplicated CMC.
+    rules: 'sysu', 'llcm' (their drop and identity-deduplicated CMC) or 'regdb'.
 
   Returns:
     (cmc (max_rank,) float64, mAP, mINP), all fractions in [0, 1].
   """
   order = np.asarray(order)
   q_pids, g_pids, q_cams, g_cams = _check_labels(
-      order.shape, q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules)
+      order.shape, q_pids, g_pids, q_cams, g_cams, max_rank, rules)
   return _score(lambda start, stop: order[start:stop], order.shape, q_pids, g_pids, q_cams,
-                g_cams, max_rank, sysu_rules)
+                g_cams, max_rank, rules)
 
 
-def _evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules):
+def _evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, rules):
   distmat = np.asarray(distmat)
   q_pids, g_pids, q_cams, g_cams = _check_labels(
-      distmat.shape, q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules)
+      distmat.shape, q_pids, g_pids, q_cams, g_cams, max_rank, rules)
   if np.isnan(distmat).any():
     raise ValueError('distmat contains NaN: the features are broken (a diverged model?)')
   # The reference's own call, so tied distances are ordered as the reference orders them.
   return _score(lambda start, stop: np.argsort(distmat[start:stop], axis=1), distmat.shape,
-                q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules)
+                q_pids, g_pids, q_cams, g_cams, max_rank, rules)
 
 
-def _check_labels(shape, q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules):
+def _check_labels(shape, q_pids, g_pids, q_cams, g_cams, max_rank, rules):
+  if rules not in RULES:
+    raise ValueError(f'rules must be one of {RULES}, got {rules!r}')
   if len(shape) != 2:
     raise ValueError(f'distmat must be (num_query, num_gallery), got shape {shape}')
   if shape[0] == 0 or shape[1] == 0:
@@ -123,9 +169,9 @@ def _check_labels(shape, q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules):
   if (len(q_pids), len(g_pids)) != tuple(shape):
     raise ValueError(f'distmat is {tuple(shape)} but there are {len(q_pids)} query and '
                      f'{len(g_pids)} gallery identities')
-  if sysu_rules:
+  if rules != 'regdb':
     if q_cams is None or g_cams is None:
-      raise ValueError('The SYSU-MM01 rules need query and gallery cameras')
+      raise ValueError(f'The {rules} rules need query and gallery cameras')
     q_cams = np.asarray(q_cams).reshape(-1)
     g_cams = np.asarray(g_cams).reshape(-1)
     if (len(q_cams), len(g_cams)) != tuple(shape):
@@ -137,7 +183,7 @@ def _check_labels(shape, q_pids, g_pids, q_cams, g_cams, max_rank, sysu_rules):
 
 
 def _score(order_of: Callable[[int, int], np.ndarray], shape, q_pids, g_pids, q_cams, g_cams,
-           max_rank, sysu_rules):
+           max_rank, rules):
   """The metrics, query chunk by query chunk; order_of(start, stop) ranks those queries."""
   num_query, num_gallery = shape
   # Dense identity codes: the gallery's identities are 0..K-1, a query identity absent from the
@@ -147,9 +193,11 @@ def _score(order_of: Callable[[int, int], np.ndarray], shape, q_pids, g_pids, q_
   q_codes = np.where(identities[slot] == q_pids, slot, -1)
   g_codes = g_codes.astype(np.int32)
 
-  if sysu_rules:
+  distinct_identity_cmc = _DISTINCT_IDENTITY_CMC[rules]
+  if rules == 'sysu':
     g_is_cam2 = g_cams == SYSU_SAME_PLACE_GALLERY_CAM
     q_is_cam3 = q_cams == SYSU_SAME_PLACE_QUERY_CAM
+  if distinct_identity_cmc:
     # Columns grouped by identity, for the per-identity first occurrence of the CMC rule.
     by_identity = np.argsort(g_codes, kind='stable')
     group_starts = np.searchsorted(g_codes[by_identity], np.arange(len(identities)))
@@ -163,14 +211,18 @@ def _score(order_of: Callable[[int, int], np.ndarray], shape, q_pids, g_pids, q_
     rows = stop - start
     order = order_of(start, stop)  # (rows, G), most similar first
     hits = g_codes[order] == q_codes[start:stop, None]
-    if sysu_rules:
+    dropped = None
+    if rules == 'sysu':
       dropped = g_is_cam2[order] & q_is_cam3[start:stop, None]
+    elif rules == 'llcm':  # hits are exactly the images of the query's identity
+      dropped = hits & (g_cams[order] == q_cams[start:stop, None])
+    if dropped is not None:
       hits &= ~dropped
       # 1-based position of each image in the list that remains after the drop.
       position = np.cumsum(~dropped, axis=1, dtype=np.int32)
     hit_row, hit_col = np.nonzero(hits)  # row-major: a row's hits come in rank order
     num_hits = np.bincount(hit_row, minlength=rows)
-    if sysu_rules:
+    if dropped is not None:
       hit_rank = position[hit_row, hit_col].astype(np.float64)
     else:
       hit_rank = hit_col + 1.0
@@ -181,7 +233,7 @@ def _score(order_of: Callable[[int, int], np.ndarray], shape, q_pids, g_pids, q_
     average_precision[start:stop][valid] = precision_sum[valid] / num_hits[valid]
     last_hit_rank = hit_rank[row_begin[valid] + num_hits[valid] - 1]
     inverse_negative_penalty[start:stop][valid] = num_hits[valid] / last_hit_rank
-    if sysu_rules:
+    if distinct_identity_cmc:
       first_rank[start:stop][valid] = _distinct_identity_rank(
           order, dropped, q_codes[start:stop], by_identity, group_starts)[valid]
     else:
@@ -207,7 +259,7 @@ def _distinct_identity_rank(order: np.ndarray, dropped: np.ndarray, q_codes: np.
 
   Args:
     order: (rows, G) gallery indices, most similar first.
-    dropped: (rows, G) bool in the same sorted order: images removed by the cam2 rule.
+    dropped: (rows, G) bool in the same sorted order: images removed by the drop rule.
     q_codes: (rows,) query identity codes (-1: not in the gallery).
     by_identity: (G,) gallery columns grouped by identity code.
     group_starts: (K,) where each identity's group starts in `by_identity`.

@@ -1,19 +1,20 @@
-"""The SYSU-MM01 and RegDB test protocols, run on extracted features.
+"""The SYSU-MM01, RegDB and LLCM test protocols, run on extracted features.
 
-Every runner returns the same structure, so reports, plots and trial aggregation treat both
-datasets alike. All numbers are PERCENT (like papers); the metric functions underneath return
+Every runner returns the same structure, so reports, plots and trial aggregation treat every
+dataset alike. All numbers are PERCENT (like papers); the metric functions underneath return
 fractions.
 
     {
-      '<setting>': {                   # e.g. 'all_search_single_shot', 'visible_to_thermal'
-        'dataset': 'sysu' | 'regdb',
+      '<setting>': {                   # e.g. 'all_search_single_shot', 'visible_to_thermal',
+                                       # 'infrared_to_visible'
+        'dataset': 'sysu' | 'regdb' | 'llcm',
         'setting': '<setting>',
         'units': 'percent',
         'num_query': int,
         'max_rank': int,
         # SYSU only: 'mode': 'all' | 'indoor', 'shots': int
-        # RegDB only: 'query_modality': 'visible' | 'thermal', 'gallery_modality': ...
-        'trials': [int | None, ...],   # the gallery draws (SYSU) or RegDB splits averaged
+        # RegDB, LLCM: 'query_modality': 'visible' | 'thermal' | 'infrared', 'gallery_modality'
+        'trials': [int | None, ...],   # the gallery draws (SYSU, LLCM) or RegDB splits averaged
         'mean': {'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP'},  # over trials
         'std': {same keys},            # sample std over trials (ddof=1); 0 for one trial
         'cmc': [max_rank floats],      # CMC curve averaged over trials
@@ -26,101 +27,27 @@ Rank-k keys are those of (1, 5, 10, 20) that are <= max_rank.
 """
 
 import json
-import os
-import random
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from vireid_jax import files
 from vireid_jax.evaluation import metrics
+from vireid_jax.evaluation.galleries import gallery_indices
+from vireid_jax.evaluation.galleries import one_per_identity_camera
 
-SYSU_GALLERY_CAMERAS = {
-    'all': (1, 2, 4, 5),  # all-search: every visible camera
-    'indoor': (1, 2),  # indoor-search: the two indoor visible cameras
-}
 REPORTED_RANKS = (1, 5, 10, 20)
 METRIC_KEYS = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
 REGDB_SETTINGS = ('visible_to_thermal', 'thermal_to_visible')
+# LLCM: (query modality, gallery modality); the gallery is drawn from the latter's test images.
+LLCM_SETTINGS = {'infrared_to_visible': ('infrared', 'visible'),
+                 'visible_to_infrared': ('visible', 'infrared')}
 
 
 def setting_name(mode: str, shots: int) -> str:
   """SYSU setting key: 'all_search_single_shot', 'indoor_search_multi_shot', ..."""
   shot_name = {1: 'single_shot', 10: 'multi_shot'}.get(shots, f'{shots}_shot')
   return f'{mode}_search_{shot_name}'
-
-
-def gallery_indices(pids: np.ndarray, cams: np.ndarray, mode: str = 'all', shots: int = 1,
-                    trial: int = 0, paths: Optional[Sequence[str]] = None) -> np.ndarray:
-  """Draws one SYSU-MM01 gallery out of the visible test images.
-
-  For every test identity (ascending) and every gallery camera of `mode` (in the order 1, 2,
-  4, 5), with that (identity, camera)'s images ordered by file name: single-shot picks one
-  image with `random.Random(trial).choice`, exactly the reference's `random.seed(trial)` +
-  `random.choice(sorted files)` draw, so trial t gives the reference's gallery t on the raw
-  SYSU-MM01 layout (a Market-style copy renames files, so its draws differ). Multi-shot picks
-  `shots` images without replacement with `np.random.RandomState(trial).choice` (peer
-  codebases use the unseeded global numpy generator here, so their multi-shot galleries are
-  not reproducible; ours equal theirs after `np.random.seed(trial)`), or all of them when a
-  camera has fewer.
-
-  Args:
-    pids: (N,) identities of the visible test ImageSet.
-    cams: (N,) its cameras (1, 2, 4, 5; others are never picked).
-    mode: 'all' (cameras 1, 2, 4, 5) or 'indoor' (cameras 1, 2).
-    shots: images per (identity, camera): 1 single-shot, 10 multi-shot.
-    trial: the gallery draw (the standard report averages trials 0-9).
-    paths: (N,) image paths; orders each (identity, camera)'s images like the reference's
-      sorted file list. None keeps the ImageSet's order.
-
-  Returns:
-    (M,) int64 sorted indices into the visible test set.
-  """
-  if mode not in SYSU_GALLERY_CAMERAS:
-    raise ValueError(f'SYSU-MM01 search mode must be one of {sorted(SYSU_GALLERY_CAMERAS)}, '
-                     f'got {mode!r}')
-  if shots < 1:
-    raise ValueError(f'shots must be >= 1 (1 single-shot, 10 multi-shot), got {shots}')
-  pids = np.asarray(pids).reshape(-1)
-  cams = np.asarray(cams).reshape(-1)
-  if len(pids) == 0:
-    raise ValueError('gallery_indices got an empty visible test set')
-  if len(pids) != len(cams) or (paths is not None and len(paths) != len(pids)):
-    raise ValueError(f'gallery_indices: {len(pids)} pids, {len(cams)} cams'
-                     + ('' if paths is None else f', {len(paths)} paths'))
-  # (identity, camera) groups, each ordered by file name like the reference's sorted folder
-  # listing (and the data readers); without paths, by position in the ImageSet.
-  if paths is None:
-    order = np.lexsort((cams, pids))
-  else:
-    paths = np.asarray([str(path) for path in paths])
-    names = np.asarray([os.path.basename(path) for path in paths])
-    order = np.lexsort((paths, names, cams, pids))
-  keys = np.stack([pids[order], cams[order]], axis=1)
-  starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
-  groups = {(int(pids[order[start]]), int(cams[order[start]])): order[start:stop]
-            for start, stop in zip(starts, np.r_[starts[1:], len(order)])}
-
-  single_rng = random.Random(int(trial))
-  multi_rng = np.random.RandomState(int(trial))
-  chosen: List[int] = []
-  for pid in np.unique(pids):
-    for cam in SYSU_GALLERY_CAMERAS[mode]:
-      members = groups.get((int(pid), cam))
-      if members is None:
-        continue  # the reference skips a missing camera folder without drawing
-      if shots == 1:
-        chosen.append(int(single_rng.choice(list(members))))
-      elif len(members) <= shots:
-        chosen.extend(int(i) for i in members)
-      else:
-        chosen.extend(int(i) for i in members[multi_rng.choice(len(members), shots,
-                                                                replace=False)])
-  if not chosen:
-    raise ValueError(f'No visible test image from cameras {SYSU_GALLERY_CAMERAS[mode]} '
-                     f'(cameras present: {sorted(set(cams.tolist()))}): is this the visible '
-                     'SYSU-MM01 test set?')
-  return np.sort(np.asarray(chosen, np.int64))
 
 
 def evaluate_sysu(query_features: np.ndarray, query_pids: np.ndarray, query_cams: np.ndarray,
@@ -177,7 +104,7 @@ def evaluate_sysu(query_features: np.ndarray, query_pids: np.ndarray, query_cams
         index = draws[(mode, shot_count, trial)]
         cmc, mean_ap, mean_inp = metrics.ranked_metrics(
             rank_gallery(index), query_pids, gallery_pids[index], query_cams,
-            gallery_cams[index], max_rank, sysu_rules=True)
+            gallery_cams[index], max_rank, rules='sysu')
         per_trial.append(_trial_entry(trial, len(index), cmc, mean_ap, mean_inp))
       name = setting_name(mode, shot_count)
       results[name] = _summarise(
@@ -215,6 +142,68 @@ def evaluate_regdb(visible_features: np.ndarray, visible_pids: np.ndarray,
         dict(dataset='regdb', setting=name, units='percent', num_query=len(q_pids),
              max_rank=max_rank, query_modality=q_modality, gallery_modality=g_modality),
         [_trial_entry(trial, len(g_pids), cmc, mean_ap, mean_inp)])
+  return results
+
+
+def evaluate_llcm(visible_features: np.ndarray, visible_pids: np.ndarray,
+                  visible_cams: np.ndarray, infrared_features: np.ndarray,
+                  infrared_pids: np.ndarray, infrared_cams: np.ndarray,
+                  settings: Sequence[str] = tuple(LLCM_SETTINGS),
+                  trials: Iterable[int] = range(10), max_rank: int = 20,
+                  visible_paths: Optional[Sequence[str]] = None,
+                  infrared_paths: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+  """LLCM: both directions averaged over gallery draws, in percent.
+
+  infrared_to_visible: every infrared test image is a query; trial t's gallery is one visible
+  image per (identity, camera) drawn by `one_per_identity_camera(..., trial=t)`, the authors'
+  `process_gallery_llcm(trial=t)`. visible_to_infrared: every visible test image is a query
+  against one infrared image per (identity, camera). Both score with `metrics.eval_llcm`'s
+  rules (no gallery image of the query's identity and camera; Rank-k counts identities once).
+  The authors' code scores visible-to-infrared on the transposed matrix instead (README); this
+  is the untransposed direction that unsupervised papers report.
+
+  Args:
+    visible_features: (Nv, D) L2-normalised features of ALL visible test images.
+    visible_pids, visible_cams: (Nv,) their identities and cameras.
+    infrared_features: (Ni, D) L2-normalised features of ALL infrared test images.
+    infrared_pids, infrared_cams: (Ni,) their identities and cameras.
+    settings: keys of LLCM_SETTINGS to score.
+    trials: gallery draws to average (the standard report: 0-9).
+    max_rank: length of the CMC curves.
+    visible_paths, infrared_paths: image paths, to order each (identity, camera)'s images by
+      file name as the authors' draw does.
+
+  Returns:
+    {setting: result} in the structure of this module's docstring.
+  """
+  trials = list(trials)
+  if not trials:
+    raise ValueError('evaluate_llcm needs at least one trial')
+  unknown = sorted(set(settings) - set(LLCM_SETTINGS))
+  if unknown:
+    raise ValueError(f'unknown LLCM setting(s) {unknown}; expected {sorted(LLCM_SETTINGS)}')
+  # One matrix for both directions: a pair scores the same whichever side queries.
+  similarity = _similarity(visible_features, infrared_features)  # (Nv, Ni)
+  sides = {'visible': (similarity, np.asarray(visible_pids), np.asarray(visible_cams),
+                       visible_paths),
+           'infrared': (similarity.T, np.asarray(infrared_pids), np.asarray(infrared_cams),
+                        infrared_paths)}
+  results = {}
+  for name in settings:
+    query_modality, gallery_modality = LLCM_SETTINGS[name]
+    query_similarity, q_pids, q_cams, _ = sides[query_modality]
+    _, g_pids, g_cams, g_paths = sides[gallery_modality]
+    per_trial = []
+    for trial in trials:
+      index = one_per_identity_camera(g_pids, g_cams, trial, paths=g_paths)
+      cmc, mean_ap, mean_inp = metrics.ranked_metrics(
+          _rank_descending(query_similarity[:, index]), q_pids, g_pids[index], q_cams,
+          g_cams[index], max_rank, rules='llcm')
+      per_trial.append(_trial_entry(trial, len(index), cmc, mean_ap, mean_inp))
+    results[name] = _summarise(
+        dict(dataset='llcm', setting=name, units='percent', num_query=len(q_pids),
+             max_rank=max_rank, query_modality=query_modality,
+             gallery_modality=gallery_modality), per_trial)
   return results
 
 

@@ -18,13 +18,11 @@ _WRONG = '#d73027'
 _QUERY = '#2b2b2b'
 
 
-def ranked_gallery(distmat_row: np.ndarray, q_cam: Optional[int], g_cams: Optional[np.ndarray],
-                   top_k: int, sysu_drop: bool) -> np.ndarray:
-  """(<= top_k,) gallery indices of one query, best first, after the SYSU cam3/cam2 drop."""
+def ranked_gallery(distmat_row: np.ndarray, dropped_row: np.ndarray, top_k: int) -> np.ndarray:
+  """(<= top_k,) gallery indices of one query, best first, without the images its protocol
+  drops (`dropped_row`: (G,) bool, a row of `metrics.drop_mask`)."""
   order = np.argsort(distmat_row)
-  if sysu_drop:
-    order = order[~metrics.sysu_drop_mask(np.array([q_cam]), np.asarray(g_cams)[order])[0]]
-  return order[:top_k]
+  return order[~np.asarray(dropped_row)[order]][:top_k]
 
 
 def choose_queries(q_pids: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
@@ -39,7 +37,7 @@ def choose_queries(q_pids: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
 def save_ranklist(query_images: np.ndarray, gallery_images: np.ndarray, distmat: np.ndarray,
                   q_pids: np.ndarray, g_pids: np.ndarray, q_cams: Optional[np.ndarray],
                   g_cams: Optional[np.ndarray], path: str, top_k: int = 10,
-                  sysu_drop: bool = True, is_similarity: bool = False) -> str:
+                  rules: str = 'sysu', is_similarity: bool = False) -> str:
   """Saves a PNG with one row per query: the query, then its top-k gallery images.
 
   Correct matches get a green border, wrong ones red; every image is titled with its identity
@@ -51,11 +49,12 @@ def save_ranklist(query_images: np.ndarray, gallery_images: np.ndarray, distmat:
     distmat: (Q, G) distances (smaller is better), or similarities with is_similarity=True.
     q_pids: (Q,) query identities.
     g_pids: (G,) gallery identities.
-    q_cams: (Q,) query cameras (None allowed when sysu_drop is False).
+    q_cams: (Q,) query cameras (None allowed with rules='regdb').
     g_cams: (G,) gallery cameras (idem).
     path: where to write the PNG.
     top_k: gallery images per row.
-    sysu_drop: apply the SYSU-MM01 rule (no cam2 gallery image for a cam3 query).
+    rules: the protocol's drop rule, one of `metrics.RULES`: 'sysu' (no cam2 gallery image
+      for a cam3 query), 'llcm' (none of the query's identity and camera) or 'regdb' (none).
     is_similarity: `distmat` holds similarities (larger is better).
 
   Returns:
@@ -68,8 +67,8 @@ def save_ranklist(query_images: np.ndarray, gallery_images: np.ndarray, distmat:
   if distmat.shape != (num_query, len(gallery_images)):
     raise ValueError(f'distmat is {distmat.shape}, expected (num_query, num_gallery) = '
                      f'({num_query}, {len(gallery_images)})')
-  if sysu_drop and (q_cams is None or g_cams is None):
-    raise ValueError('sysu_drop=True needs q_cams and g_cams (or pass sysu_drop=False)')
+  if rules != 'regdb' and (q_cams is None or g_cams is None):
+    raise ValueError(f'rules={rules!r} needs q_cams and g_cams (or pass rules=\'regdb\')')
   if num_query == 0:
     raise ValueError('save_ranklist got no query to draw')
 
@@ -94,11 +93,10 @@ def save_ranklist(query_images: np.ndarray, gallery_images: np.ndarray, distmat:
   def camera(cams, index):
     return '' if cams is None else f' c{int(cams[index])}'
 
+  dropped = metrics.drop_mask(rules, np.asarray(q_pids), np.asarray(g_pids), q_cams, g_cams)
   for row in range(num_query):
     draw(row, 0, query_images[row], f'query {int(q_pids[row])}{camera(q_cams, row)}', _QUERY)
-    q_cam = None if q_cams is None else int(q_cams[row])
-    for rank, index in enumerate(ranked_gallery(distmat[row], q_cam, g_cams, top_k, sysu_drop),
-                                 start=1):
+    for rank, index in enumerate(ranked_gallery(distmat[row], dropped[row], top_k), start=1):
       correct = g_pids[index] == q_pids[row]
       draw(row, rank, gallery_images[index],
            f'{rank}: {int(g_pids[index])}{camera(g_cams, index)}',

@@ -17,12 +17,15 @@ _COLUMNS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'),
 
 
 def display_name(result: dict) -> str:
-  """'SYSU-MM01 all-search single-shot', 'RegDB visible-to-thermal', ..."""
+  """'SYSU-MM01 all-search single-shot', 'RegDB visible-to-thermal', 'LLCM infrared-to-visible',
+  ..."""
   if result['dataset'] == 'sysu':
     shots = {1: 'single-shot', 10: 'multi-shot'}.get(result['shots'], f'{result["shots"]}-shot')
     return f'SYSU-MM01 {result["mode"]}-search {shots}'
   if result['dataset'] == 'regdb':
     return f'RegDB {result["query_modality"]}-to-{result["gallery_modality"]}'
+  if result['dataset'] == 'llcm':
+    return f'LLCM {result["query_modality"]}-to-{result["gallery_modality"]}'
   return f'{result["dataset"]} {result["setting"]}'
 
 
@@ -46,7 +49,8 @@ def markdown_table(results: Dict[str, dict]) -> str:
                  + ' | '.join(cells) + ' |')
   lines.append('')
   lines.append('Percent. With several trials: mean ± sample standard deviation over them '
-               '(SYSU-MM01: random gallery draws; RegDB: separate training runs on each split).')
+               '(SYSU-MM01, LLCM: random gallery draws; RegDB: separate training runs on each '
+               'split).')
   return '\n'.join(lines) + '\n'
 
 
