@@ -1,7 +1,9 @@
-"""The whole training loop on a tiny synthetic SYSU-MM01: runs, resumes, stops cleanly."""
+"""The whole training loop on tiny synthetic sets: runs, resumes, stops cleanly, evaluates."""
 
 import importlib.util
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +14,13 @@ import numpy as np
 import pytest
 
 from vireid_jax import checkpoint
+from vireid_jax import evaluation
 from vireid_jax import losses
 from vireid_jax import models
 from vireid_jax import sharding
 from vireid_jax import train
 from vireid_jax import train_state
+from vireid_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,3 +191,54 @@ def test_images_fed_from_the_host_train_like_images_on_the_devices(uninterrupted
   params_b, _ = _final_params(workdir, config)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                params_a, params_b)
+
+
+def test_llcm_two_epochs_then_eval_from_the_command_line(tmp_path):
+  """Synthetic LLCM through main.py: one epoch per stage, then `--mode eval` on the best."""
+  workdir, root = str(tmp_path / 'run'), str(tmp_path / 'data')
+  overrides = {**TINY, 'data.dataset': 'llcm', 'eval.at_start': False,
+               'schedule.eval_every': 2, 'eval.ranklist_queries': 2}
+  command = [sys.executable, os.path.join(REPO, 'main.py'), '--config',
+             os.path.join(REPO, 'configs', 'demo.py'), '--workdir', workdir,
+             f'--config.data.root={root}', *[f'--config.{k}={v}' for k, v in overrides.items()]]
+  # Compiling the two train steps is most of this test, so it runs on one CPU device (the
+  # sharded step is tested on eight in train_test.py; partitioning it doubles the compile
+  # time) without XLA's backend optimisation (it only speeds up running six tiny steps).
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=(
+      '--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0'))
+  trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert re.search(r'epoch +1/2 stage 1 ', trained.stdout)
+  assert re.search(r'epoch +2/2 stage 2 .*\| R1 ', trained.stdout)
+  assert checkpoint.latest_epoch(workdir) == checkpoint.latest_epoch(workdir,
+                                                                     checkpoint.BEST) == 2
+  assert 'LLCM infrared-to-visible, gallery draws [0]' in open(
+      os.path.join(workdir, 'report.md')).read()
+
+  evaluated = subprocess.run(command + ['--mode', 'eval'], env=env, capture_output=True,
+                             text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  out = os.path.join(workdir, 'eval')
+  assert sorted(os.listdir(out)) == ['llcm_best.json', 'llcm_best.md', 'llcm_best_cmc.png',
+                                     'llcm_best_ranklist.png']
+  with open(os.path.join(out, 'llcm_best.json')) as f:
+    results = json.load(f)
+  # What the synthetic set implies: every test image of the query modality is a query, every
+  # gallery holds one image per (identity, camera) of the other modality.
+  test_ids = synthetic.llcm_id_split(TINY['data.synthetic_ids'])['test']
+  cams = {pid: synthetic.llcm_cameras(pid) for pid in test_ids}
+  for name, query, gallery in (('infrared_to_visible', 'infrared', 'visible'),
+                               ('visible_to_infrared', 'visible', 'infrared')):
+    result = results[name]
+    assert result['num_query'] == sum(len(cams[pid][query]) for pid in test_ids) * (
+        synthetic.LLCM_IMAGES_PER_CAMERA)
+    assert result['trials'] == list(range(10))
+    assert {entry['gallery_size'] for entry in result['per_trial']} == {
+        sum(len(cams[pid][gallery]) for pid in test_ids)}
+    for entry in result['per_trial']:
+      assert all(0 <= entry[key] <= 100 for key in evaluation.METRIC_KEYS)
+      assert entry['rank1'] <= entry['rank5'] <= entry['rank10'] <= entry['rank20']
+  table = open(os.path.join(out, 'llcm_best.md')).read()
+  assert 'LLCM infrared-to-visible | 10 (0-9) |' in table
+  assert 'LLCM visible-to-infrared | 10 (0-9) |' in table
+  assert table in evaluated.stdout  # --mode eval prints what it wrote

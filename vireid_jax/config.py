@@ -1,9 +1,10 @@
 """The one configuration tree of vireid_jax.
 
 `base_config()` holds every setting of SPEC.md with the value that produced the published
-SYSU-MM01 numbers; `configs/sysu.py`, `configs/regdb.py` and `configs/demo.py` change only what
-differs for their experiment. Every number here is named after the piece it drives, and the
-comment says where it comes from, so no magic constant needs to live in code.
+SYSU-MM01 numbers; `configs/sysu.py`, `configs/regdb.py`, `configs/llcm.py` and
+`configs/demo.py` change only what differs for their experiment. Every number here is named
+after the piece it drives, and the comment says where it comes from, so no magic constant needs
+to live in code.
 """
 
 import ml_collections
@@ -16,8 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- data (SPEC.md: Data) ---
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = 'sysu'  # 'sysu' | 'regdb'
-  config.data.root = ''  # folder holding SYSU-MM01/ (raw or Market-style) or RegDB/
+  config.data.dataset = 'sysu'  # 'sysu' | 'regdb' | 'llcm'
+  config.data.root = ''  # folder holding SYSU-MM01/ (raw or Market-style), RegDB/ or LLCM/
   config.data.layout = 'auto'  # SYSU only: 'raw' (cam1..cam6 + exp/), 'market', or 'auto'
   config.data.cache_dir = ''  # prepared uint8 arrays; '' -> <root>/vireid_jax_cache
   config.data.synthetic = False  # True: generate the synthetic set into root when missing
@@ -120,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.flip = False  # average features of the image and its mirror (reference: off)
   config.eval.sysu_mode = 'all'  # during training: 'all' | 'indoor'
   config.eval.sysu_shots = 1  # during training: 1 single-shot | 10 multi-shot
+  # LLCM: the direction whose mAP picks the best checkpoint; the LLCM authors' default
+  # direction (test_mode [1, 2] in their train.py / test.py). Both are always reported.
+  config.eval.llcm_setting = 'infrared_to_visible'  # | 'visible_to_infrared'
   config.eval.train_trials = (0,)  # gallery draws used by the in-training evaluation (reference: trial 0)
   config.eval.trials = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # gallery draws for `--mode eval`
   config.eval.checkpoint = 'best'  # `--mode eval`: 'best', 'latest' or a checkpoint path
@@ -138,12 +142,13 @@ class ConfigError(ValueError):
 
 
 _CHOICES = {
-    'data.dataset': ('sysu', 'regdb'),
+    'data.dataset': ('sysu', 'regdb', 'llcm'),
     'data.layout': ('auto', 'raw', 'market'),
     'model.block': ('bottleneck', 'basic'),
     'model.dtype': ('auto', 'float32', 'bfloat16'),
     'cluster.on_no_clusters': ('stop', 'skip'),
     'eval.sysu_mode': ('all', 'indoor'),
+    'eval.llcm_setting': ('infrared_to_visible', 'visible_to_infrared'),
 }
 
 
@@ -169,4 +174,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.eval.sysu_shots = {config.eval.sysu_shots}; expected 1 or 10')
   if not config.data.root and not config.data.synthetic:
     raise ConfigError('config.data.root is empty: pass --config.data.root=/path/holding/the/'
-                      'dataset (the folder with SYSU-MM01/ or RegDB/)')
+                      'dataset (the folder with SYSU-MM01/, RegDB/ or LLCM/)')

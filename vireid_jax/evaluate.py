@@ -2,8 +2,9 @@
 
 Used by the trainer every `eval_every` epochs (a cheap subset: trial 0, the configured shots)
 and by `python main.py --mode eval`, which restores a checkpoint and runs the full protocol
-(SYSU-MM01 all/indoor x single/multi-shot over trials 0-9; RegDB both directions) and writes
-JSON, a Markdown table, a CMC plot and a rank-list image into <workdir>/eval/.
+(SYSU-MM01 all/indoor x single/multi-shot over trials 0-9; RegDB both directions; LLCM both
+directions over trials 0-9) and writes JSON, a Markdown table, a CMC plot and a rank-list image
+into <workdir>/eval/.
 
 With several processes every process extracts its share of the features (gathered to all);
 process 0 alone scores them and writes, and `shared_headline` hands its numbers to the others.
@@ -30,6 +31,8 @@ def selection_setting(config: ml_collections.ConfigDict) -> str:
   """The protocol setting whose mAP picks the best checkpoint."""
   if config.data.dataset == 'sysu':
     return evaluation.setting_name(config.eval.sysu_mode, config.eval.sysu_shots)
+  if config.data.dataset == 'llcm':
+    return config.eval.llcm_setting
   return 'visible_to_thermal'
 
 
@@ -41,6 +44,7 @@ def evaluate_features(config: ml_collections.ConfigDict, extract: ExtractFn,
   SYSU-MM01: infrared queries against visible galleries drawn per trial from one extraction
   of all visible test images; `full` adds multi-shot to the configured shots. RegDB: both
   directions over the trial's test images (`trials` is ignored: a RegDB trial is a split).
+  LLCM: both directions, galleries drawn per trial from one extraction of each modality.
   Every process extracts; the results are returned on process 0 and None elsewhere.
   """
   max_rank = config.eval.max_rank
@@ -54,6 +58,15 @@ def evaluate_features(config: ml_collections.ConfigDict, extract: ExtractFn,
         query, test_infrared.pids, test_infrared.cams, gallery, test_visible.pids,
         test_visible.cams, modes=('all', 'indoor'), shots=shots, trials=list(trials),
         max_rank=max_rank, gallery_paths=test_visible.paths)
+  if config.data.dataset == 'llcm':
+    visible = extract(test_visible.images, VISIBLE, 'extract visible')
+    infrared = extract(test_infrared.images, INFRARED, 'extract infrared')
+    if not multihost.is_main():
+      return None
+    return evaluation.evaluate_llcm(
+        visible, test_visible.pids, test_visible.cams, infrared, test_infrared.pids,
+        test_infrared.cams, trials=list(trials), max_rank=max_rank,
+        visible_paths=test_visible.paths, infrared_paths=test_infrared.paths)
   visible = extract(test_visible.images, VISIBLE, 'extract visible')
   thermal = extract(test_infrared.images, INFRARED, 'extract thermal')
   if not multihost.is_main():
@@ -134,11 +147,16 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
 def _save_ranklist(config, features: dict, test_visible: ImageSet, test_infrared: ImageSet,
                    path: str) -> None:
   """Top-10 of a few queries: SYSU infrared queries against the all-search trial-0 gallery,
-  RegDB visible queries against all thermal images."""
-  if config.data.dataset == 'sysu':
+  LLCM infrared queries against the trial-0 visible gallery, RegDB visible queries against all
+  thermal images."""
+  if config.data.dataset in ('sysu', 'llcm'):
     query, gallery = test_infrared, test_visible
     query_features, gallery_features = features[INFRARED], features[VISIBLE]
-    keep = evaluation.gallery_indices(gallery.pids, gallery.cams, 'all', 1, 0, gallery.paths)
+    if config.data.dataset == 'sysu':
+      keep = evaluation.gallery_indices(gallery.pids, gallery.cams, 'all', 1, 0, gallery.paths)
+    else:
+      keep = evaluation.one_per_identity_camera(gallery.pids, gallery.cams, 0,
+                                                paths=gallery.paths)
     gallery, gallery_features = gallery.subset(keep), gallery_features[keep]
   else:
     query, gallery = test_visible, test_infrared
@@ -147,7 +165,7 @@ def _save_ranklist(config, features: dict, test_visible: ImageSet, test_infrared
   similarity = query_features[chosen] @ gallery_features.T
   evaluation.save_ranklist(query.images[chosen], gallery.images, similarity, query.pids[chosen],
                            gallery.pids, query.cams[chosen], gallery.cams, path,
-                           sysu_drop=config.data.dataset == 'sysu', is_similarity=True)
+                           rules=config.data.dataset, is_similarity=True)
 
 
 def aggregate_runs(workdir: str) -> str:

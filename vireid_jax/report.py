@@ -138,6 +138,9 @@ def write_report(workdir: str, history, best: dict, config) -> None:
   if config.data.dataset == 'sysu':
     protocol = (f'SYSU-MM01 {config.eval.sysu_mode}-search, gallery draws '
                 f'{list(config.eval.train_trials)}')
+  elif config.data.dataset == 'llcm':
+    protocol = (f'LLCM {config.eval.llcm_setting.replace("_", "-")}, gallery draws '
+                f'{list(config.eval.train_trials)}')
   else:
     protocol = f'RegDB visible-to-thermal, split {config.data.trial}'
   lines = [f'# Training report: {config.data.dataset}', '',

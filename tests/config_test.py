@@ -1,0 +1,42 @@
+"""The config tree: every shipped config validates, impossible values name their field."""
+
+import importlib.util
+import os
+
+import pytest
+
+from vireid_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('name', ['sysu', 'regdb', 'llcm', 'demo'])
+def test_shipped_configs_validate(name):
+  config = load(name)
+  config.data.root = config.data.root or '/data'
+  config_lib.validate(config)
+
+
+def test_llcm_config_keeps_the_sysu_settings_but_the_dataset():
+  llcm, sysu = load('llcm'), load('sysu')
+  assert (llcm.data.dataset, llcm.eval.llcm_setting) == ('llcm', 'infrared_to_visible')
+  llcm.data.dataset = 'sysu'
+  assert llcm.to_dict() == sysu.to_dict()
+
+
+@pytest.mark.parametrize('field,value', [('data.dataset', 'llcm2'),
+                                         ('eval.llcm_setting', 'thermal_to_visible')])
+def test_unknown_choices_name_the_field(field, value):
+  config = load('llcm')
+  config.data.root = '/data'
+  group, leaf = field.split('.')
+  config[group][leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=rf'config\.{field} = .*{value}'):
+    config_lib.validate(config)
