@@ -16,7 +16,8 @@ class ImageSet:
   Attributes:
     images: (N, H, W, 3) uint8 RGB (infrared images are stored as 3 channels, as on disk).
     pids: (N,) int64 true identities; used only to score and for diagnostics, never to train.
-    cams: (N,) int64 camera numbers (SYSU-MM01: 1..6; RegDB: 1 visible, 2 thermal).
+    cams: (N,) int64 camera numbers (SYSU-MM01: 1..6; RegDB: 1 visible, 2 thermal; LLCM: 1..9
+      in both modalities, each camera filming visible light by day and near-infrared by night).
     paths: (N,) str source paths relative to the dataset root.
     modality: VISIBLE or INFRARED.
   """
