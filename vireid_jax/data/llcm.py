@@ -17,13 +17,14 @@ What we take from the authors' code, and where we differ:
 * Training: paths in the list files are relative to the LLCM folder; the label is the identity
   (the authors train a classifier on it, so it is the same number in both lists). Labels are
   kept only for diagnostics, as SYSU-MM01's ids are: the unsupervised trainer never reads them.
-  The training file names carry the camera (`<pid>_c<cam>_s<..>_f<..>_vis.jpg`), their
-  folders do not.
+  The authors' loader only joins the listed paths to the root; the paths themselves
+  (`nir/0351/0351_c06_s200656_f4830_nir.jpg`: the camera is in the file name, not in a folder)
+  are as peer codebases quote them.
 * Test: ids come from idx/test_id.txt; for each id (ascending) and camera (in the authors'
   order), the files of `test_{vis,nir}/cam<k>/<pid>/` sorted by name. The authors list visible
-  cameras 1-9 and infrared cameras 1, 2, 4-9 (camera 3 records no NIR test images); a missing
-  camera folder is skipped, as theirs is. (idx/test_vis.txt and idx/test_nir.txt exist in the
-  release too; the authors' test code does not read them, nor do we.)
+  cameras 1-9 and infrared cameras 1, 2, 4-9 (no test_nir/cam3); a missing camera folder is
+  skipped, as theirs is. (Peer codebases also read idx/test_vis.txt and idx/test_nir.txt; the
+  authors' test code does not, nor do we.)
 * Camera and identity come from the path's components relative to the LLCM folder: the
   `cam<k>` folder and the `<pid>` folder below it for test images, the `_c<k>_` field of the
   file name for training images. The authors' test parser reads both after the first "cam"
