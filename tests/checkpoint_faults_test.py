@@ -75,6 +75,16 @@ def test_no_latest_readable_falls_back_to_best_and_none_readable_stops(tmp_path)
   assert checkpoint.epochs(workdir) == [2] and checkpoint.epochs(workdir, checkpoint.BEST) == [1]
 
 
+def test_checkpoints_newer_than_the_resumed_epoch_are_set_aside(tmp_path):
+  workdir = str(tmp_path)
+  for kind, epoch in ((checkpoint.LATEST, 1), (checkpoint.LATEST, 2), (checkpoint.BEST, 2)):
+    checkpoint.save(workdir, kind, epoch, tree(epoch), {'epoch': epoch})
+  checkpoint.set_aside_after(workdir, 1)  # a run resumed from latest/1 trains epoch 2 again
+  assert checkpoint.epochs(workdir) == [1] and checkpoint.epochs(workdir, checkpoint.BEST) == []
+  for kind in ('latest', 'best'):
+    assert os.path.isdir(tmp_path / 'checkpoints' / kind / '2.superseded')
+
+
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
   return str(tmp_path_factory.mktemp('synthetic'))

@@ -11,7 +11,13 @@ number of finished epochs. With several processes every process calls these func
 together (orbax coordinates who writes what).
 """
 
+import contextlib
 import errno
+import gc
+import os
+import re
+import sys
+import tempfile
 from typing import Any, Callable, Optional
 
 import jax
@@ -26,6 +32,7 @@ LATEST = 'latest'
 BEST = 'best'
 KEEP = {LATEST: 2, BEST: 1}
 UNREADABLE_SUFFIX = '.unreadable'
+SUPERSEDED_SUFFIX = '.superseded'
 
 
 class CheckpointError(RuntimeError):
@@ -44,12 +51,19 @@ def _manager(workdir: str, kind: str) -> ocp.CheckpointManager:
 
 
 def _os_error(error: BaseException) -> Optional[OSError]:
-  """The OSError behind `error` (orbax wraps them), if any."""
+  """The operating-system error behind `error`, if any.
+
+  Orbax passes Python's OSErrors on; TensorStore (which writes the arrays) raises a ValueError
+  whose message carries the OS error code instead (`... [os_error_code='28']`)."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno is not None:
       return error
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    if code:
+      number = int(code.group(1))
+      return OSError(number, os.strerror(number))
     error = error.__cause__ or error.__context__
   return None
 
@@ -61,23 +75,51 @@ def save(workdir: str, kind: str, epoch: int, state: Any, record: dict) -> None:
     CheckpointError: the write failed for an OS reason (no space, permission, quota); the
       previous checkpoints are intact.
   """
-  try:
-    with _manager(workdir, kind) as manager:
-      manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  record=ocp.args.JsonSave(record)), force=True)
-      manager.wait_until_finished()
-  except Exception as error:  # pylint: disable=broad-except
-    os_error = _os_error(error)
-    if os_error is None:
-      raise
-    reason = os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error))
-    previous = latest_epoch(workdir, kind)
-    intact = (f'the previous checkpoint ({kind}/{previous}) is intact' if previous is not None
-              else 'no earlier checkpoint of this kind existed')
-    raise CheckpointError(
-        f'could not write checkpoint {kind}/{epoch} in {directory(workdir, kind)}: {reason} '
-        f'(errno {os_error.errno}); {intact}. Free space (or fix permissions), then run the '
-        f'same command to resume.') from error
+  failure = None
+  with _captured_stderr() as captured:
+    try:
+      with _manager(workdir, kind) as manager:
+        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    record=ocp.args.JsonSave(record)),
+                     force=True)
+        manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      failure = error
+      gc.collect()  # orbax's failed futures report themselves when collected: here, captured
+  os_error = _os_error(failure) if failure is not None else None
+  if os_error is None:  # success, or a failure one line cannot explain: show what orbax said
+    sys.stderr.write(captured[0])
+    if failure is not None:
+      raise failure
+    return
+  reason = os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error))
+  previous = latest_epoch(workdir, kind)
+  intact = (f'the previous checkpoint ({kind}/{previous}) is intact' if previous is not None
+            else 'no earlier checkpoint of this kind existed')
+  raise CheckpointError(
+      f'could not write checkpoint {kind}/{epoch} in {directory(workdir, kind)}: {reason} '
+      f'(errno {os_error.errno}); {intact}. Free space (or fix permissions), then run the '
+      f'same command to resume.') from failure
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+  """Collects everything written to the process's stderr (Python, C++, other threads) into the
+  returned list's first item, as text. A failing orbax save prints a traceback from each of its
+  writer threads; the caller decides whether anyone needs to read them."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  captured = ['']
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield captured
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      captured[0] = capture.read().decode('utf-8', 'replace')
 
 
 def epochs(workdir: str, kind: str = LATEST) -> list[int]:
@@ -124,8 +166,14 @@ def restore_path(path: str, abstract_state: Any):
 
 
 def _short(error: BaseException) -> str:
-  text = ' '.join(str(error).split())
-  return (text[:160] + '...') if len(text) > 160 else text or type(error).__name__
+  """The root cause of `error` in at most 200 characters (orbax wraps TensorStore's message,
+  which names what was wrong, in messages that name only the array)."""
+  seen = set()
+  while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  text = ' '.join(str(error).split()) or type(error).__name__
+  return (text[:200] + '...') if len(text) > 200 else text
 
 
 def restore_newest_readable(workdir: str, abstract_state: Any,
@@ -171,8 +219,18 @@ def restore_newest_readable(workdir: str, abstract_state: Any,
       f'--workdir, or delete those folders to train from scratch in {files.path(workdir)}.')
 
 
-def _move_aside(workdir: str, checkpoints: list[tuple[str, int]]) -> None:
-  """Renames unreadable checkpoints to `<epoch>.unreadable` (kept for inspection)."""
+def set_aside_after(workdir: str, epoch: int) -> None:
+  """Moves checkpoints newer than `epoch` aside to `<epoch>.superseded` (every process calls).
+
+  A run resumed from an older checkpoint (the newer ones could not be read) trains those epochs
+  again; the best checkpoint of the abandoned run must not stand for them."""
+  newer = [(kind, e) for kind in (LATEST, BEST) for e in epochs(workdir, kind) if e > epoch]
+  _move_aside(workdir, newer, SUPERSEDED_SUFFIX)
+
+
+def _move_aside(workdir: str, checkpoints: list[tuple[str, int]],
+                suffix: str = UNREADABLE_SUFFIX) -> None:
+  """Renames checkpoints to `<epoch><suffix>` (kept for inspection, ignored by orbax)."""
   if not checkpoints:
     return
   multihost.barrier('checkpoints-read')
@@ -180,11 +238,11 @@ def _move_aside(workdir: str, checkpoints: list[tuple[str, int]]) -> None:
     for kind, epoch in checkpoints:
       folder = directory(workdir, kind) / str(epoch)
       if folder.exists():
-        aside = folder.parent / f'{folder.name}{UNREADABLE_SUFFIX}'
+        aside = folder.parent / f'{folder.name}{suffix}'
         copy = 1
-        while aside.exists():  # an earlier run moved a damaged copy of this epoch aside
+        while aside.exists():  # an earlier run moved another copy of this epoch aside
           copy += 1
-          aside = folder.parent / f'{folder.name}{UNREADABLE_SUFFIX}{copy}'
+          aside = folder.parent / f'{folder.name}{suffix}{copy}'
         folder.rename(aside)
         console.line(f'Moved {folder} aside to {aside.name}.')
   multihost.barrier('checkpoints-moved-aside')

@@ -152,14 +152,16 @@ class Trainer:
     self.state, record, _ = restored
     self.history, self.best = record['history'], record['best']
     self.start_epoch = record['epoch']
+    checkpoint.set_aside_after(self.workdir, self.start_epoch)
     # A run stopped between writing `latest` and `best` of its best epoch has no best
     # checkpoint of it yet: that epoch's state is the one just restored.
     if (self.best['epoch'] + 1 == self.start_epoch and
         checkpoint.latest_epoch(self.workdir, checkpoint.BEST) != self.start_epoch):
       checkpoint.save(self.workdir, checkpoint.BEST, self.start_epoch, self.state,
                       self._record(self.start_epoch))
-    console.line(f'Resuming {self.workdir} after epoch {self.start_epoch} (best mAP so far '
-                 f'{self.best["mAP"]:.2f} after epoch {self.best["epoch"] + 1}).')
+    best = (f'best mAP so far {self.best["mAP"]:.2f} after epoch {self.best["epoch"] + 1}'
+            if self.best['epoch'] >= 0 else 'no evaluation yet')
+    console.line(f'Resuming {self.workdir} after epoch {self.start_epoch} ({best}).')
 
   def _save(self, epoch: int, improved: bool) -> None:
     # `latest` first: a failure between the two leaves best <= latest, never a best newer
