@@ -9,6 +9,7 @@ Ctrl-C on any process is turned into that notice. A second Ctrl-C aborts at once
 
 import os
 import signal
+import threading
 
 import jax
 from jax.experimental import multihost_utils
@@ -30,6 +31,8 @@ class StopRequests:
 
   def __enter__(self):
     self._several = jax.process_count() > 1
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Python delivers signals to the main thread only: nothing to catch here
     self._install(signal.SIGINT, self._on_interrupt)
     if not self._several:  # with several processes JAX's preemption notifier owns SIGTERM
       self._install(signal.SIGTERM, self._on_terminate)

@@ -29,10 +29,6 @@ class MainProcessFailed(RuntimeError):
   """Work that ran on process 0 failed; process 0 prints why, the others stop with this."""
 
 
-class PeerLost(RuntimeError):
-  """Another process of the run stopped answering (it crashed or was killed)."""
-
-
 def cluster_environment() -> Optional[str]:
   """The multi-process launcher this process runs under, or None (a plain local run)."""
   for name, variables in _CLUSTER_VARIABLES.items():
