@@ -146,12 +146,28 @@ def profile(root: str, name: str, summary: Optional[dict] = None):
   import jax
   directory = os.path.join(root, name)
   os.makedirs(directory, exist_ok=True)
-  with jax.profiler.trace(directory):
+  # A profiler that fails (a backend without tracing, an unreadable trace) costs the profile
+  # only, never the measurements around it.
+  try:
+    jax.profiler.start_trace(directory)
+  except Exception as e:  # pylint: disable=broad-except
+    log(f'{name}: no profile: {e!r}')
     yield
+    return
+  try:
+    yield
+  finally:
+    try:
+      jax.profiler.stop_trace()
+    except Exception as e:  # pylint: disable=broad-except
+      log(f'{name}: the profile could not be written: {e!r}')
   log(f'{name}: profile written to {directory} (view: pip install xprof; xprof --logdir '
       f'{root}, or TensorBoard with its profile plugin)')
   if summary is not None:
-    summary.update(summarize_trace(directory))
+    try:
+      summary.update(summarize_trace(directory))
+    except Exception as e:  # pylint: disable=broad-except
+      log(f'{name}: the trace could not be summarised: {e!r}')
 
 
 def _interval_union(intervals: list[tuple[float, float]]) -> float:

@@ -79,6 +79,19 @@ def test_train_step_script_measures_both_stages_both_image_paths(run_script):
     assert step['finite_losses'] is True and step['last_loss'] > 0
 
 
+def test_memory_update_script_times_both_forms_of_both_stages(run_script):
+  records = run_script('memory_update.py', '--clusters', '3', '--instances', '2', '--dim', '16',
+                       '--memory-clusters', '20', '9', '--calls', '3', '--repeats', '2')
+  assert [r['what'] for r in records] == [
+      f'memory_update/stage{stage}/{method}' for stage in (1, 2)
+      for method in ('sequential', 'by_rank')]
+  for record in records:
+    assert_positive_finite(record, ['median_ms', 'min_ms', 'compile_s'])
+    assert record['min_ms'] <= record['median_ms']
+    assert record['batch'] == 6 and record['memory_rows'] == [32, 16]
+    assert record['unit_norm_rows'] is True and record['auto_method'] == 'sequential'
+
+
 def test_extract_script_measures_images_per_second(run_script, tmp_path):
   # 31 per call is rounded up to 32 for two devices; the last of 3 calls is padded.
   records = run_script('extract.py', *TINY_MODEL, '--num-images', '72', '--batch-size', '31',
