@@ -4,6 +4,7 @@ r"""Command line of vireid_jax: parse flags and the config, then dispatch on --m
   python main.py --config configs/sysu.py --workdir runs/sysu --config.data.root /data
   python main.py --config configs/sysu.py --workdir runs/sysu --mode eval  # best checkpoint
   python main.py --config configs/sysu.py --mode prepare                   # decode + cache data
+  python main.py --config configs/demo.py --mode pretrain                  # ImageNet stand-in
   python main.py --mode aggregate --workdir runs/regdb                     # RegDB trials 1-10
 
 Any config field can be overridden with --config.<path>=<value>; a mistyped path is an error
@@ -24,10 +25,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, reports.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'prepare', 'aggregate'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'prepare', 'pretrain', 'aggregate'],
                           'train: train (resuming from --workdir) and evaluate; eval: evaluate '
                           'a checkpoint with the full protocol; prepare: generate/decode the '
-                          'dataset cache; aggregate: average the RegDB trial runs under --workdir.')
+                          'dataset cache; pretrain: train the synthetic ImageNet stand-in '
+                          '(config.pretrain); aggregate: average the RegDB trial runs under '
+                          '--workdir.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', '', 'HOST:PORT of process 0 of a multi-process run (every process '
     'passes the same); empty: a single process, or found automatically under SLURM / Open MPI / '
@@ -128,6 +131,11 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
   if mode == 'prepare':
     prepared = shared_data.prepare_on_main(config.data)
     console.line(f'prepared: {prepared}')
+    return
+  if mode == 'pretrain':
+    from vireid_jax import pretrain as pretrain_lib
+    multihost.run_on_main(lambda: pretrain_lib.pretrain(config), 'pretraining')
+    console.line(f'pretrained: {pretrain_lib.pretrained_path(config)}')
     return
   if not workdir:
     _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')

@@ -162,6 +162,7 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_runs_lock_taken_over(
 def main_args(workdir, data_root, *extra):
   return ['--config', os.path.join(REPO, 'configs', 'demo.py'), '--workdir', str(workdir),
           f'--config.data.root={data_root}',
+          f'--config.pretrain.output_dir={os.path.join(data_root, "pretrained")}',
           *[f'--config.{k}={v}' for k, v in TINY.items()], *extra]
 
 

@@ -115,7 +115,8 @@ def test_infrared_follows_material_not_colour():
   camera = synthetic.SYSU_CAMERAS[3]
   recoloured = dataclasses.replace(
       person, upper=1 - person.upper, upper_second=1 - person.upper_second,
-      lower_colour=1 - person.lower_colour, bag_colour=1 - person.bag_colour,
+      lower_colour=1 - person.lower_colour, lower_second=1 - person.lower_second,
+      bag_colour=1 - person.bag_colour,
       cap_colour=1 - person.cap_colour, shoes=1 - person.shoes)
   picture = (5, 3, 1)
   infrared = render.render(person, camera, 0, picture)

@@ -32,6 +32,9 @@ TINY = {
     'sampler.steps_per_epoch': 3, 'schedule.epochs': 2, 'schedule.stage2_start': 1,
     'schedule.eval_every': 1, 'eval.batch_size': 64, 'augment.pad': 1,
     'cluster.k1': 10, 'cluster.k2': 3,  # 8 training ids: k1 = 30 would merge everything
+    # The ImageNet stand-in of the demo, pretrained once (tiny) and shared by every run here.
+    'pretrain.num_ids': 4, 'pretrain.images_per_id': 2, 'pretrain.epochs': 1,
+    'pretrain.batch_size': 8,
 }
 
 
@@ -42,6 +45,7 @@ def demo_config(root: str, **overrides):
   spec.loader.exec_module(module)
   config = module.get_config()
   config.data.root = root
+  config.pretrain.output_dir = os.path.join(root, 'pretrained')
   for dotted, value in {**TINY, **overrides}.items():
     *parents, leaf = dotted.split('.')
     node = config
@@ -151,7 +155,8 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(uninterrupted, data_ro
   flags = [f'--config.{k}={v}' for k, v in TINY.items()]
   command = [sys.executable, os.path.join(REPO, 'main.py'), '--config',
              os.path.join(REPO, 'configs', 'demo.py'), '--workdir', workdir,
-             f'--config.data.root={data_root}', *flags]
+             f'--config.data.root={data_root}',
+             f'--config.pretrain.output_dir={os.path.join(data_root, "pretrained")}', *flags]
   env = dict(os.environ, PYTHONPATH=REPO)
   process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
@@ -197,7 +202,8 @@ def test_llcm_two_epochs_then_eval_from_the_command_line(tmp_path):
   """Synthetic LLCM through main.py: one epoch per stage, then `--mode eval` on the best."""
   workdir, root = str(tmp_path / 'run'), str(tmp_path / 'data')
   overrides = {**TINY, 'data.dataset': 'llcm', 'eval.at_start': False,
-               'schedule.eval_every': 2, 'eval.ranklist_queries': 2}
+               'schedule.eval_every': 2, 'eval.ranklist_queries': 2,
+               'pretrain.output_dir': os.path.join(root, 'pretrained')}
   command = [sys.executable, os.path.join(REPO, 'main.py'), '--config',
              os.path.join(REPO, 'configs', 'demo.py'), '--workdir', workdir,
              f'--config.data.root={root}', *[f'--config.{k}={v}' for k, v in overrides.items()]]

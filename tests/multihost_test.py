@@ -37,7 +37,9 @@ def shared(tmp_path_factory):
 
 def start(shared, workdir, processes, **overrides):
   args = ['--config', os.path.join(REPO, 'configs', 'demo.py'), '--workdir', str(workdir),
-          f'--config.data.root={shared["data"]}', f'--heartbeat_timeout={HEARTBEAT_SECONDS}']
+          f'--config.data.root={shared["data"]}',
+          f'--config.pretrain.output_dir={os.path.join(shared["data"], "pretrained")}',
+          f'--heartbeat_timeout={HEARTBEAT_SECONDS}']
   args += [f'--config.{k}={v}' for k, v in {**OVERRIDES, **overrides}.items()]
   return launch.start(args, processes, cpu_devices=4 // processes)
 

@@ -46,7 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   # pretrained weights this copies the visible stem's random init into the infrared stem, so
   # the two modalities start in one feature space and cross-modality matching means something.
   config.model.identical_stems = True
-  config.model.pretrained = ''  # torchvision resnet50 .pth / .safetensors / .npz; '' = random
+  # torchvision resnet50 .pth / .safetensors / .npz; '' = random; 'synthetic_imagenet' = the
+  # synthetic ImageNet stand-in that config.pretrain describes (made on first use).
+  config.model.pretrained = ''
   config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
 
   # --- clustering (SPEC.md step 2) ---
@@ -130,6 +132,46 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.ranklist_queries = 8  # queries drawn in the rank-list image; 0 = none
   config.eval.max_rank = 20
   config.eval.at_start = True  # also score the untrained network, so reports show the gain
+
+  # --- the ImageNet stand-in (vireid_jax/pretrain.py), used when model.pretrained is
+  # 'synthetic_imagenet': a plain ResNet classifier of the model's stem and trunk, trained with
+  # labels on visible images of synthetic people who are not in the dataset. The recipe is
+  # torchvision's ImageNet one where it carries over (SGD, Nesterov momentum 0.9, warm-up + cosine,
+  # label smoothing 0.1, random resized crop, flip, colour jitter); sizes fit a 2-core CPU.
+  config.pretrain = ml_collections.ConfigDict()
+  config.pretrain.population_seed = 1  # the synthetic datasets are population 0: other people
+  config.pretrain.num_ids = 256  # classes (people)
+  config.pretrain.images_per_id = 16  # visible images per person, cycling the 4 visible cameras
+  # Initialisation, image order and augmentation. Not config.seed: one stand-in serves every
+  # training seed, as one ImageNet checkpoint serves every run of the paper.
+  config.pretrain.seed = 0
+  # 10 epochs fit the labels but their features carried nothing across modalities (cross-
+  # modality mAP of the start at chance); 30 do (README: the demo). 60 bought no more.
+  config.pretrain.epochs = 30
+  config.pretrain.batch_size = 128
+  config.pretrain.learning_rate = 0.1  # peak, after warm-up (torchvision: 0.1 at batch 256)
+  config.pretrain.warmup_epochs = 1.0  # linear warm-up, then cosine decay to 0
+  config.pretrain.momentum = 0.9  # Nesterov
+  config.pretrain.weight_decay = 1e-4  # L2 added to the gradient (torchvision's recipe)
+  config.pretrain.label_smoothing = 0.1
+  # layer4 stride while pretraining. ImageNet ResNets use 2 and MBCCM sets 1 after loading,
+  # which at 288x144 changes little; at the demo's 64x32 a stride of 2 leaves layer4 a 2x1 map
+  # whose features and BN statistics do not carry over to the 4x2 map MBCCM trains on (demo
+  # mAP 33 instead of 43), so the stand-in is pretrained with the stride MBCCM uses.
+  config.pretrain.last_stride = 1
+  config.pretrain.crop_area = (0.35, 1.0)  # RandomResizedCrop area (ImageNet: 0.08; people are
+  #                                          small images with the person filling them)
+  config.pretrain.crop_aspect = (3 / 4, 4 / 3)  # relative to the image's own aspect
+  config.pretrain.flip_prob = 0.5
+  # Colour jitter stronger than ImageNet's usual (0.4, 0.4, 0.4, 0.1) in hue, and greyscale and
+  # inversion more often: features that cannot lean on colour are the ones infrared images share.
+  config.pretrain.brightness = 0.4  # ColorJitter brightness, contrast, saturation factors
+  config.pretrain.contrast = 0.4
+  config.pretrain.saturation = 0.4
+  config.pretrain.hue = 0.5  # ColorJitter hue: chroma rotated by up to half a turn
+  config.pretrain.grey_prob = 0.5  # RandomGrayscale (MoCo v2 / SimCLR recipes use 0.2)
+  config.pretrain.invert_prob = 0.3  # Invert, an AutoAugment / RandAugment ImageNet operation
+  config.pretrain.output_dir = 'data/pretrained'  # file name: a hash of the settings above
 
   config.log_every = 50  # steps between progress-bar metric refreshes
   # Write each epoch's pseudo labels and match mask to <workdir>/pseudo_labels/ (for studies).

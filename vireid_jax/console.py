@@ -88,8 +88,9 @@ def bar(iterable: Optional[Iterable] = None, desc: str = '', total: Optional[int
   if total is None and iterable is not None and hasattr(iterable, '__len__'):
     total = len(iterable)
   if not enabled or not _is_main():
-    return _Silent(iterable or (), desc, total, unit, float('inf'), stream)
+    return _Silent(() if iterable is None else iterable, desc, total, unit, float('inf'), stream)
   if stream.isatty():
     return tqdm.tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave,
                      dynamic_ncols=True, file=stream)
-  return _PlainProgress(iterable or (), desc, total, unit, PLAIN_INTERVAL_SECONDS, stream)
+  return _PlainProgress(() if iterable is None else iterable, desc, total, unit,
+                        PLAIN_INTERVAL_SECONDS, stream)

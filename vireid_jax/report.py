@@ -35,7 +35,9 @@ def epoch_line(entry: dict, epochs: int) -> str:
                  f'{entry.get("match/mean_partners_visible", 0):.2f}')
     if not math.isnan(entry.get('visible/purity', math.nan)):  # NaN: no true identities known
       parts.append(f'purity V/I {entry["visible/purity"]:.2f}/{entry["infrared/purity"]:.2f} '
-                   f'same-id pairs {entry.get("match/pair_precision", float("nan")):.2f}')
+                   f'same-id: 1:1 {entry.get("match/one_to_one_precision", math.nan):.2f} '
+                   f'I-partner {entry.get("match/infrared_with_true_partner", math.nan):.2f} '
+                   f'pairs {entry.get("match/pair_precision", math.nan):.2f}')
   if 'headline' in entry:
     h = entry['headline']
     parts.append(f'| R1 {h["rank1"]:.2f} mAP {h["mAP"]:.2f} mINP {h["mINP"]:.2f}')
@@ -63,6 +65,8 @@ _EPOCH_COLUMNS = (
     ('NMI V', 'visible/nmi', '.3f'), ('NMI I', 'infrared/nmi', '.3f'),
     ('partners I', 'match/mean_partners_infrared', '.2f'),
     ('partners V', 'match/mean_partners_visible', '.2f'),
+    ('1:1 same id', 'match/one_to_one_precision', '.3f'),
+    ('I with same-id partner', 'match/infrared_with_true_partner', '.3f'),
     ('pairs same id', 'match/pair_precision', '.3f'),
     ('seconds', None, '.0f'),
 )
@@ -118,6 +122,9 @@ def plot_curves(history, path: str) -> None:
   ax = axes[1, 1]
   _plot_series(ax, entries, (('visible/purity', 'visible purity'),
                              ('infrared/purity', 'infrared purity'),
+                             ('match/one_to_one_precision', 'one-to-one partner same id'),
+                             ('match/infrared_with_true_partner',
+                              'infrared clusters with a same-id partner'),
                              ('match/pair_precision', 'matched pairs sharing an id')), marker='.')
   ax.set(title='cluster and matching quality (true ids)', xlabel='epoch', ylim=(0, 1.05))
   _legend(ax, fontsize=8, loc='upper left')

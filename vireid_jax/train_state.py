@@ -27,6 +27,7 @@ from vireid_jax import losses
 from vireid_jax import memory as memory_lib
 from vireid_jax import models
 from vireid_jax import multihost
+from vireid_jax import pretrain
 from vireid_jax import sampling
 from vireid_jax import sharding
 
@@ -97,17 +98,17 @@ def create_train_state(config: ml_collections.ConfigDict, model, mesh: Mesh) -> 
   init = functools.partial(init_train_state, config, model)
   state = jax.jit(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.seed))
-  if not config.model.pretrained:
+  pretrained = pretrain.ensure_pretrained(config)  # the synthetic stand-in: made on first use
+  if not pretrained:
     return state
   variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   # The converted-weights cache is an orbax checkpoint, whose writes synchronise processes:
   # with several processes each converts on its own (seconds for a ResNet-50).
   cache_dir = None
   if multihost.process_count() == 1:
-    cache_dir = os.path.join(os.path.dirname(os.path.abspath(config.model.pretrained)),
+    cache_dir = os.path.join(os.path.dirname(os.path.abspath(pretrained)),
                              'vireid_jax_converted')
-  variables = models.weights.load_imagenet_resnet(config.model.pretrained, variables,
-                                                  cache_dir=cache_dir)
+  variables = models.weights.load_imagenet_resnet(pretrained, variables, cache_dir=cache_dir)
   variables = sharding.put_replicated(variables, mesh)
   return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
 

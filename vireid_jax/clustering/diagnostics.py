@@ -58,17 +58,27 @@ def cluster_diagnostics(pseudo_labels: np.ndarray, true_pids: np.ndarray | None)
 
 def match_diagnostics(match_mask: np.ndarray, labels_visible: np.ndarray,
                       pids_visible: np.ndarray | None, labels_infrared: np.ndarray,
-                      pids_infrared: np.ndarray | None) -> dict:
+                      pids_infrared: np.ndarray | None,
+                      one_to_one: np.ndarray | None = None) -> dict:
   """How many cluster pairs were matched and how many of them share a majority identity.
+
+  MBCCM's relaxed mask gives each cluster several partners, so the share of matched pairs
+  with the same identity stays low even when matching works; the two per-cluster measures say
+  whether it does: is the Hungarian partner right, and is a right partner among the matched?
 
   Args:
     match_mask: (K_i, K_v) bool from `mbccm_match`.
     labels_visible, labels_infrared: (N_v,), (N_i,) pseudo labels, -1 for outliers.
     pids_visible, pids_infrared: the true identities, or None (then only the pair count).
+    one_to_one: (P, 2) int (infrared, visible) cluster pairs of the one-to-one (Hungarian)
+      assignment, `MatchResult.one_to_one`; None leaves out one_to_one_precision.
 
   Returns:
     pairs (matched cluster pairs); with identities also pair_precision (fraction of matched
-    pairs whose two majority identities agree).
+    pairs whose two majority identities agree), infrared_with_true_partner (fraction of
+    infrared clusters with at least one matched visible cluster of their majority identity)
+    and, given one_to_one, one_to_one_precision (fraction of its pairs whose majority
+    identities agree).
   """
   match_mask = np.asarray(match_mask, bool)
   stats = {'pairs': float(match_mask.sum())}
@@ -79,7 +89,14 @@ def match_diagnostics(match_mask: np.ndarray, labels_visible: np.ndarray,
   expected = (len(majority_infrared), len(majority_visible))
   if match_mask.shape != expected:
     raise ValueError(f'match mask has shape {match_mask.shape}, the labels give {expected}')
-  infrared, visible = np.nonzero(match_mask)
-  agree = majority_infrared[infrared] == majority_visible[visible]
+  same_identity = majority_infrared[:, None] == majority_visible[None, :]  # (K_i, K_v)
+  agree = same_identity[match_mask]
   stats['pair_precision'] = float(agree.mean()) if len(agree) else float('nan')
+  true_partner = (match_mask & same_identity).any(axis=1)
+  stats['infrared_with_true_partner'] = (float(true_partner.mean()) if len(true_partner)
+                                         else float('nan'))
+  if one_to_one is not None:
+    pairs = np.asarray(one_to_one, np.int64).reshape(-1, 2)
+    stats['one_to_one_precision'] = (float(same_identity[pairs[:, 0], pairs[:, 1]].mean())
+                                     if len(pairs) else float('nan'))
   return stats

@@ -72,7 +72,8 @@ def cluster_epoch(config, visible_features, infrared_features, visible_pids,
   stats['match/mean_partners_infrared'] = float(match.mean_partners_infrared)
   stats['match/mean_partners_visible'] = float(match.mean_partners_visible)
   stats.update({f'match/{k}': v for k, v in match_diagnostics(
-      match.mask, labels[VISIBLE], visible_pids, labels[INFRARED], infrared_pids).items()})
+      match.mask, labels[VISIBLE], visible_pids, labels[INFRARED], infrared_pids,
+      one_to_one=match.one_to_one).items()})
   return EpochClusters(labels[VISIBLE], labels[INFRARED], centers[VISIBLE], centers[INFRARED],
                        match, stats)
 

@@ -31,11 +31,15 @@ import functools
 
 import numpy as np
 
-# Heat of garment materials (0 cold .. 1 hot): how much body heat passes the fabric.
+# Heat of garment materials (0 cold .. 1 hot): how much body heat passes the fabric. Clothes
+# worn over a warm body differ from each other far less than from skin (0.84-0.95) or from the
+# scene (mostly 0.05-0.3), so the materials span 0.38-0.54: the garment layout (where the warm
+# skin shows) and the pattern are what an infrared picture shows best, as in real ones.
 MATERIAL_HEAT = {
-    'linen': 0.74, 'cotton': 0.64, 'polyester': 0.58, 'nylon': 0.52, 'denim': 0.46,
-    'wool': 0.38, 'leather': 0.30, 'down': 0.22,
+    'linen': 0.54, 'cotton': 0.51, 'polyester': 0.49, 'nylon': 0.47, 'denim': 0.45,
+    'wool': 0.43, 'leather': 0.41, 'down': 0.38,
 }
+_MATERIAL_JITTER = 0.012  # the same material varies by weave and fit
 PATTERNS = ('plain', 'hstripes', 'vstripes', 'checks', 'dots', 'diagonal')
 _SKIN_TONES = ((0.96, 0.80, 0.69), (0.89, 0.69, 0.56), (0.76, 0.57, 0.42), (0.55, 0.38, 0.26),
                (0.38, 0.26, 0.18))
@@ -68,7 +72,19 @@ def _contrasting(rng: np.random.Generator, colour: np.ndarray) -> np.ndarray:
 
 def _material(rng: np.random.Generator) -> float:
   names = sorted(MATERIAL_HEAT)
-  return MATERIAL_HEAT[names[rng.integers(len(names))]] + rng.uniform(-0.04, 0.04)
+  return (MATERIAL_HEAT[names[rng.integers(len(names))]]
+          + rng.uniform(-_MATERIAL_JITTER, _MATERIAL_JITTER))
+
+
+def _lower_pattern(rng: np.random.Generator, lower_colour: np.ndarray) -> dict:
+  """The lower garment's pattern fields of `Identity` (plain with probability 1/2)."""
+  second = _contrasting(rng, lower_colour)
+  polarity = 1.0 if second.max() > lower_colour.max() else -1.0
+  pattern = 'plain' if rng.random() < 0.5 else PATTERNS[1 + rng.integers(len(PATTERNS) - 1)]
+  return dict(lower_second=second, lower_pattern=pattern,
+              lower_pattern_period=rng.uniform(0.1, 0.2),
+              lower_pattern_phase=rng.uniform(0, 2 * np.pi),
+              lower_pattern_heat=polarity * rng.uniform(0.18, 0.28))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +111,7 @@ class Identity:
   upper: np.ndarray
   upper_second: np.ndarray  # the pattern's second colour
   lower_colour: np.ndarray
+  lower_second: np.ndarray  # the lower garment pattern's second colour
   shoes: np.ndarray
   bag_colour: np.ndarray
   cap_colour: np.ndarray
@@ -102,6 +119,16 @@ class Identity:
   lower_heat: float
   bag_heat: float
   cap_heat: float
+  lower_pattern: str  # trousers, shorts and skirts have patterns too (plain more often)
+  lower_pattern_period: float
+  lower_pattern_phase: float
+  lower_pattern_heat: float
+  # Where each garment ends, within its kind's range (0 shortest .. 1 longest): sleeves, the
+  # hem of the upper garment, shorts and skirts. Skin is the warmest thing in infrared, so these
+  # lengths show in both modalities.
+  sleeve_cut: float
+  hem_cut: float
+  leg_cut: float
 
 
 def sample_identity(seed: int, pid: int) -> Identity:
@@ -111,6 +138,7 @@ def sample_identity(seed: int, pid: int) -> Identity:
   upper_second = _contrasting(rng, upper)
   # The pattern keeps its polarity across modalities: the lighter yarn is the warmer one.
   polarity = 1.0 if upper_second.max() > upper.max() else -1.0
+  lower_colour = _colour(rng)
   return Identity(
       height=rng.uniform(0.72, 0.94), shoulder=rng.uniform(0.09, 0.16),
       hip=rng.uniform(0.07, 0.12), head=rng.uniform(0.05, 0.072),
@@ -119,16 +147,17 @@ def sample_identity(seed: int, pid: int) -> Identity:
       lower=('trousers', 'shorts', 'skirt')[rng.choice(3, p=(0.55, 0.2, 0.25))],
       hair=('short', 'long', 'cap')[rng.choice(3, p=(0.5, 0.3, 0.2))],
       bag=('none', 'backpack', 'shoulder')[rng.choice(3, p=(0.5, 0.25, 0.25))],
-      pattern=PATTERNS[rng.integers(len(PATTERNS))], pattern_period=rng.uniform(0.07, 0.14),
+      pattern=PATTERNS[rng.integers(len(PATTERNS))], pattern_period=rng.uniform(0.1, 0.2),
       pattern_phase=rng.uniform(0, 2 * np.pi), pattern_heat=polarity * rng.uniform(0.18, 0.28),
       skin=np.array(_SKIN_TONES[rng.integers(len(_SKIN_TONES))], np.float32)
       * rng.uniform(0.92, 1.05),
       skin_heat=rng.uniform(0.84, 0.95),
       hair_colour=np.array(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))], np.float32),
-      upper=upper, upper_second=upper_second, lower_colour=_colour(rng),
+      upper=upper, upper_second=upper_second, lower_colour=lower_colour,
       shoes=_colour(rng) * 0.5, bag_colour=_colour(rng), cap_colour=_colour(rng),
       upper_heat=_material(rng), lower_heat=_material(rng), bag_heat=_material(rng) * 0.7,
-      cap_heat=_material(rng) * 0.8)
+      cap_heat=_material(rng) * 0.8, **_lower_pattern(rng, lower_colour),
+      sleeve_cut=rng.random(), hem_cut=rng.random(), leg_cut=rng.random())
 
 
 # --- drawing: signed distances (negative inside, in pixels) evaluated only near each shape --
@@ -242,7 +271,7 @@ def _scene_layout(seed: int, location: int, height: int, width: int, outdoor: bo
   canvas = _Canvas(values)
   for _ in range(layout.integers(2, 5)):  # doors, windows, pillars, trees, lamps
     cx, cy = layout.uniform(-0.2, 1.2) * width + cols, layout.uniform(0, 0.8) * height + rows
-    heat = layout.uniform(0.6, 0.8) if layout.random() < 0.2 else layout.uniform(0.05, 0.4)
+    heat = layout.uniform(0.6, 0.8) if layout.random() < 0.05 else layout.uniform(0.05, 0.3)
     canvas.paint(_box(canvas, cx, cy, layout.uniform(4, 18), layout.uniform(8, 40), 2.0),
                  layout.uniform(0.1, 0.95, 3), heat)
   values.flags.writeable = False
@@ -262,30 +291,39 @@ def _scene(seed: int, location: int, height: int, width: int, rng: np.random.Gen
       shape = _ellipse(canvas, cx, cy, rng.uniform(3, 12), rng.uniform(3, 12))
     else:
       shape = _box(canvas, cx, cy, rng.uniform(3, 14), rng.uniform(3, 20), 1.0)
-    canvas.paint(shape, rng.uniform(0.05, 0.95, 3), rng.uniform(0.1, 0.7))
+    canvas.paint(shape, rng.uniform(0.05, 0.95, 3), rng.uniform(0.05, 0.3))
   return canvas
 
 
 # --- the person -----------------------------------------------------------------------------
 
 
-def _pattern(person: Identity, u, v):
-  """Second-yarn weight in [0, 1] of the upper garment at person coordinates (u, v)."""
-  k = 2 * np.pi / person.pattern_period
-  phase = person.pattern_phase
-  if person.pattern == 'plain':
+def _pattern(pattern: str, period: float, phase: float, u, v):
+  """Second-yarn weight in [0, 1] of a garment at person coordinates (u, v)."""
+  k = 2 * np.pi / period
+  if pattern == 'plain':
     return np.zeros_like(u)
-  if person.pattern == 'hstripes':
+  if pattern == 'hstripes':
     wave = np.sin(k * v + phase)
-  elif person.pattern == 'vstripes':
+  elif pattern == 'vstripes':
     wave = np.sin(k * u + phase)
-  elif person.pattern == 'checks':
+  elif pattern == 'checks':
     wave = np.sin(k * u + phase) * np.sin(k * v)
-  elif person.pattern == 'dots':
+  elif pattern == 'dots':
     wave = np.sin(k * u + phase) * np.sin(k * v) - 0.45
   else:  # diagonal
     wave = np.sin(0.7 * k * (u + v) + phase)
   return np.clip(0.5 + 2.5 * wave, 0.0, 1.0)
+
+
+def _garment(canvas_shape, rows: slice, u, v, colour, second, heat, pattern_heat, pattern,
+             period, phase, shade=1.0) -> np.ndarray:
+  """(H, W, 4) per-pixel colour and heat of a patterned garment on `rows` (zero elsewhere)."""
+  weave = _pattern(pattern, period, phase, u, v)[..., None]
+  values = np.zeros(canvas_shape, np.float32)
+  values[rows, :, :3] = (colour + weave * (second - colour)) * shade
+  values[rows, :, 3:] = heat + pattern_heat * (weave - 0.5)
+  return values
 
 
 def paint_person(canvas: _Canvas, person: Identity, rng: np.random.Generator) -> None:
@@ -303,22 +341,27 @@ def paint_person(canvas: _Canvas, person: Identity, rng: np.random.Generator) ->
   shoulder_y = neck_y + 0.02 * size
   waist_y = shoulder_y + person.torso * size
   crotch_y = waist_y + 0.08 * size
-  knee_y = crotch_y + 0.5 * (foot - crotch_y)
   stride = rng.uniform(0.0, 0.12) * (foot - crotch_y)
   swing = rng.uniform(-0.25, 0.25)
-  hem_y = waist_y + (0.17 if person.coat else 0.02) * size
+  hem_y = waist_y + ((0.12 + 0.13 * person.hem_cut) if person.coat
+                     else 0.05 * person.hem_cut) * size
+  leg_end_y = crotch_y + (0.25 + 0.5 * person.leg_cut) * (foot - crotch_y)  # shorts, skirts
   hand_y = waist_y + 0.06 * size
   # The upper garment's colour and heat per pixel (pattern in person coordinates, shading),
   # computed on the rows it can cover.
   band = slice(max(int(shoulder_y) - 2, 0), min(int(max(hem_y, hand_y + limb)) + 3, height))
   u, v = (x[band] - cx) * side / size, (y[band] - top) / size
-  weave = _pattern(person, u, v)[..., None]
   shade = np.clip(1.0 - 0.3 * (u / person.shoulder) ** 2, 0.55, 1.0)[..., None]
-  upper = np.zeros(canvas.values.shape, np.float32)
-  upper[band, :, :3] = (person.upper + weave * (person.upper_second - person.upper)) * shade
-  upper[band, :, 3:] = person.upper_heat + person.pattern_heat * (weave - 0.5)
+  upper = _garment(canvas.values.shape, band, u, v, person.upper, person.upper_second,
+                   person.upper_heat, person.pattern_heat, person.pattern, person.pattern_period,
+                   person.pattern_phase, shade)
+  legs = slice(max(int(waist_y) - 2, 0), height)
+  lower = _garment(canvas.values.shape, legs, (x[legs] - cx) * side / size,
+                   (y[legs] - top) / size, person.lower_colour, person.lower_second,
+                   person.lower_heat, person.lower_pattern_heat, person.lower_pattern,
+                   person.lower_pattern_period, person.lower_pattern_phase)
 
-  def leg_pair(y0, y1, spread0, spread1, radius, colour, heat):
+  def leg_pair(y0, y1, spread0, spread1, radius, colour, heat=0.0):
     for s in (-1.0, 1.0):
       canvas.paint(_capsule(canvas, cx + s * spread0, y0, cx + s * spread1, y1, radius), colour,
                    heat)
@@ -333,23 +376,23 @@ def paint_person(canvas: _Canvas, person: Identity, rng: np.random.Generator) ->
            person.skin_heat)
   if person.lower == 'trousers':
     leg_pair(crotch_y - limb, foot - 1.6 * limb, leg_top, leg_top + 0.95 * stride, 1.1 * limb,
-             person.lower_colour, person.lower_heat)
+             lower)
   elif person.lower == 'shorts':
-    leg_pair(crotch_y - limb, knee_y - 0.1 * size, leg_top, leg_top + 0.4 * stride, 1.2 * limb,
-             person.lower_colour, person.lower_heat)
+    leg_pair(crotch_y - limb, leg_end_y, leg_top, leg_top + 0.4 * stride, 1.2 * limb, lower)
   for s in (-1.0, 1.0):  # shoes
     canvas.paint(_ellipse(canvas, cx + s * (leg_top + stride + 0.3 * limb), foot - 0.6 * limb,
                           1.4 * limb, 0.8 * limb), person.shoes, 0.3)
   if person.lower == 'skirt':
-    canvas.paint(_tapered(canvas, cx, waist_y, knee_y, hip, 1.5 * hip), person.lower_colour,
-                 person.lower_heat)
+    canvas.paint(_tapered(canvas, cx, waist_y, leg_end_y, hip, 1.5 * hip), lower)
   else:
     canvas.paint(_box(canvas, cx, (waist_y + crotch_y) / 2, hip, (crotch_y - waist_y) / 2, 2.0),
-                 person.lower_colour, person.lower_heat)
+                 lower)
   # Upper garment: torso (down to mid-thigh for a coat), then arms with their sleeves.
   canvas.paint(_tapered(canvas, cx, shoulder_y, hem_y, shoulder,
                         hip * (1.25 if person.coat else 1.0)), upper)
-  sleeve = 0.88 if person.long_sleeves else 0.4  # part of the arm the sleeve covers
+  # The part of the arm the sleeve covers.
+  sleeve = (0.72 + 0.23 * person.sleeve_cut) if person.long_sleeves else (
+      0.25 + 0.3 * person.sleeve_cut)
   for s in (-1.0, 1.0):
     x0, y0 = cx + s * (shoulder - 0.6 * limb), shoulder_y + limb
     x1 = cx + s * (shoulder + 0.3 * limb + swing * 0.3 * (hand_y - shoulder_y))

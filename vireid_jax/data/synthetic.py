@@ -42,7 +42,10 @@ from vireid_jax.data import sysu
 from vireid_jax.data.errors import DatasetError
 
 MARKER = 'vireid_synthetic.json'
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+# The population seed of the datasets written here (render.sample_identity(seed, pid)); the
+# pretraining population (vireid_jax/pretrain.py) must use another one.
+POPULATION_SEED = 0
 SYSU_NUM_IDS = 72  # 48 train+val, 24 test
 SYSU_IMAGES_PER_CAMERA = 5
 REGDB_NUM_IDS = 48  # 24 train / 24 test per trial
@@ -179,7 +182,7 @@ def _save(image: np.ndarray, path: str) -> None:
 
 
 def write_sysu(root: str, num_ids: int = SYSU_NUM_IDS,
-               images_per_camera: int = SYSU_IMAGES_PER_CAMERA, seed: int = 0,
+               images_per_camera: int = SYSU_IMAGES_PER_CAMERA, seed: int = POPULATION_SEED,
                image_size: tuple[int, int] = IMAGE_SIZE, overwrite: bool = False) -> str:
   """Writes the synthetic SYSU-MM01 to `<root>/SYSU-MM01` in the raw layout.
 
@@ -216,8 +219,9 @@ def write_sysu(root: str, num_ids: int = SYSU_NUM_IDS,
 
 
 def write_regdb(root: str, num_ids: int = REGDB_NUM_IDS,
-                images_per_modality: int = REGDB_IMAGES_PER_MODALITY, seed: int = 0,
-                image_size: tuple[int, int] = IMAGE_SIZE, overwrite: bool = False) -> str:
+                images_per_modality: int = REGDB_IMAGES_PER_MODALITY,
+                seed: int = POPULATION_SEED, image_size: tuple[int, int] = IMAGE_SIZE,
+                overwrite: bool = False) -> str:
   """Writes the synthetic RegDB to `<root>/RegDB` with all ten trials' idx files.
 
   Args:
@@ -262,7 +266,7 @@ def write_regdb(root: str, num_ids: int = REGDB_NUM_IDS,
 
 
 def write_llcm(root: str, num_ids: int = LLCM_NUM_IDS,
-               images_per_camera: int = LLCM_IMAGES_PER_CAMERA, seed: int = 0,
+               images_per_camera: int = LLCM_IMAGES_PER_CAMERA, seed: int = POPULATION_SEED,
                image_size: tuple[int, int] = IMAGE_SIZE, overwrite: bool = False) -> str:
   """Writes the synthetic LLCM to `<root>/LLCM` in the release's layout.
 
