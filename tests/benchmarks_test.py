@@ -134,3 +134,18 @@ def test_epoch_script_times_every_phase(run_script):
   assert first['recompiled'] is True and timed['recompiled'] is False
   assert timed['repeats'] == 1
   assert timed['images_mb'] == pytest.approx((64 + 64) * 32 * 16 * 3 / 2**20)
+
+
+def test_demo_diagnostics_measures_on_a_hand_built_case():
+  sys.path.insert(0, ROOT)
+  from benchmarks import demo_diagnostics  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  a = np.array([[1.0, 0.0], [0.0, 1.0]])
+  b = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+  sims = demo_diagnostics._similarities(a, np.array([0, 1]), b, np.array([0, 0, 1]))
+  # same identity: (0,0)=1, (0,1)=0.6, (1,2)=1; different: (0,2)=0, (1,0)=0, (1,1)=0.8
+  assert sims['same'] == pytest.approx(2.6 / 3) and sims['diff'] == pytest.approx(0.8 / 3)
+  # query 0 ranks b0 (1), b1 (0.6), b2: both hits first -> AP 1; query 1 ranks b2 (1) first
+  # -> AP 1; a query whose only hit comes second has AP 1/2.
+  assert demo_diagnostics._mean_ap(a, np.array([0, 1]), b, np.array([0, 0, 1])) == 100.0
+  assert demo_diagnostics._mean_ap(a[1:], np.array([0]), b[1:], np.array([0, 1])) == 50.0
