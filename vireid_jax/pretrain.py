@@ -11,7 +11,7 @@ environment, so the demo builds the same kind of start on synthetic data:
     (models/classifier.py: average pooling and a linear head, one class per person) with the
     standard supervised recipe: SGD with Nesterov momentum, L2 weight decay, linear warm-up
     then cosine decay, label smoothing, and ImageNet-style augmentation (random resized crop,
-    horizontal flip, colour jitter, random greyscale);
+    horizontal flip, colour jitter, random greyscale, inversion);
   * the result written as a torchvision-layout state dict (.npz: conv1, bn1, layer1..layer4, fc)
     that `config.model.pretrained` loads through `models.weights.load_imagenet_resnet`, the
     same code that loads `resnet50-19c8e357.pth`: both stems and the trunk, BN statistics
