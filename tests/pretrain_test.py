@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vireid_jax import augment
+from vireid_jax import config as config_lib
 from vireid_jax import models
 from vireid_jax import pretrain
 from vireid_jax import sharding
@@ -102,7 +103,7 @@ def test_pretraining_people_are_not_the_demos_people():
 def test_rendering_the_population_on_the_datasets_seed_is_refused():
   config = tiny_config('/unused')
   config.pretrain.population_seed = synthetic.POPULATION_SEED
-  with pytest.raises(ValueError, match='population_seed'):
+  with pytest.raises(config_lib.ConfigError, match='population_seed'):
     pretrain.render_population(config.pretrain, (16, 8), progress=False)
 
 

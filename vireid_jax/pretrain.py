@@ -42,6 +42,7 @@ import optax
 from PIL import Image
 
 from vireid_jax import augment
+from vireid_jax import config as config_lib
 from vireid_jax import console
 from vireid_jax import multihost
 from vireid_jax.data import render
@@ -81,9 +82,9 @@ def render_population(pretrain_cfg, image_size: tuple[int, int],
   """
   seed = pretrain_cfg.population_seed
   if seed == synthetic.POPULATION_SEED:
-    raise ValueError(f'config.pretrain.population_seed = {seed} is the synthetic datasets\' own '
-                     f'population: pretraining would see the people it is evaluated on; choose '
-                     f'another seed')
+    raise config_lib.ConfigError(
+        f'config.pretrain.population_seed = {seed} is the synthetic datasets\' own '
+        f'population: pretraining would see the people it is evaluated on; choose another seed')
   pids = population_pids(pretrain_cfg)
   height, width = image_size
   images = np.empty((len(pids) * pretrain_cfg.images_per_id, height, width, 3), np.uint8)
@@ -294,8 +295,9 @@ def train_classifier(config: ml_collections.ConfigDict, images: np.ndarray, labe
     metrics = jax.device_get(metrics)
     summary = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
     if not np.isfinite(summary['loss']):
-      raise FloatingPointError(f'pretraining loss became {summary["loss"]} in epoch {epoch + 1}'
-                               f'; lower config.pretrain.learning_rate')
+      # A setting to change, reported in one line like the trainer's own config errors.
+      raise config_lib.ConfigError(f'pretraining loss became {summary["loss"]} in epoch '
+                                   f'{epoch + 1}; lower config.pretrain.learning_rate')
     bar.set_postfix(epoch=epoch + 1, loss=f'{summary["loss"]:.3f}',
                     acc=f'{summary["accuracy"]:.2f}')
   bar.close()
