@@ -134,8 +134,7 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
     return
   if mode == 'pretrain':
     from vireid_jax import pretrain as pretrain_lib
-    multihost.run_on_main(lambda: pretrain_lib.pretrain(config), 'pretraining')
-    console.line(f'pretrained: {pretrain_lib.pretrained_path(config)}')
+    console.line(f'pretrained: {pretrain_lib.pretrain_on_main(config)}')
     return
   if not workdir:
     _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')

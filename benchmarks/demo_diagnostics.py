@@ -37,21 +37,9 @@ def parse_args(argv):
 
 
 def _similarities(features_a, pids_a, features_b, pids_b) -> dict:
-  import numpy as np  # pylint: disable=import-outside-toplevel
   similarity = features_a @ features_b.T
   same = pids_a[:, None] == pids_b[None, :]
   return {'same': float(similarity[same].mean()), 'diff': float(similarity[~same].mean())}
-
-
-def _mean_ap(query, query_pids, gallery, gallery_pids) -> float:
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  order = np.argsort(-(query @ gallery.T), axis=1, kind='stable')
-  hits = gallery_pids[order] == query_pids[:, None]
-  precisions = []
-  for row in hits:
-    ranks = np.flatnonzero(row)
-    precisions.append(np.mean((np.arange(len(ranks)) + 1) / (ranks + 1)) if len(ranks) else 0.0)
-  return float(100 * np.mean(precisions))
 
 
 def main(argv=None) -> dict:
@@ -61,6 +49,7 @@ def main(argv=None) -> dict:
   from vireid_jax import checkpoint
   from vireid_jax import clustering
   from vireid_jax import data as data_lib
+  from vireid_jax import evaluation
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
   from vireid_jax import sharding
@@ -95,7 +84,9 @@ def main(argv=None) -> dict:
   within_i = _similarities(fi, infrared.pids, fi, infrared.pids)
   out['visible_same'], out['visible_diff'] = within_v['same'], within_v['diff']
   out['infrared_same'], out['infrared_diff'] = within_i['same'], within_i['diff']
-  out['train_ir_to_visible_mAP'] = _mean_ap(fi, infrared.pids, fv, visible.pids)
+  # Every visible training image is in the gallery; nothing is dropped (RegDB's rules).
+  _, mean_ap, _ = evaluation.eval_regdb(-(fi @ fv.T), infrared.pids, visible.pids)
+  out['train_ir_to_visible_mAP'] = 100 * mean_ap
   epoch = epoch_clustering.cluster_epoch(config, fv, fi, visible.pids, infrared.pids)
   out['epoch_clustering'] = {k: round(float(v), 3) for k, v in epoch.stats.items()
                              if k.startswith(('visible/purity', 'infrared/purity', 'match/'))}

@@ -145,7 +145,11 @@ def test_demo_diagnostics_measures_on_a_hand_built_case():
   sims = demo_diagnostics._similarities(a, np.array([0, 1]), b, np.array([0, 0, 1]))
   # same identity: (0,0)=1, (0,1)=0.6, (1,2)=1; different: (0,2)=0, (1,0)=0, (1,1)=0.8
   assert sims['same'] == pytest.approx(2.6 / 3) and sims['diff'] == pytest.approx(0.8 / 3)
-  # query 0 ranks b0 (1), b1 (0.6), b2: both hits first -> AP 1; query 1 ranks b2 (1) first
-  # -> AP 1; a query whose only hit comes second has AP 1/2.
-  assert demo_diagnostics._mean_ap(a, np.array([0, 1]), b, np.array([0, 0, 1])) == 100.0
-  assert demo_diagnostics._mean_ap(a[1:], np.array([0]), b[1:], np.array([0, 1])) == 50.0
+  # Its training-set mAP is evaluation.eval_regdb on negated similarities: query 0 ranks b0
+  # (1), b1 (0.6), b2: both hits first -> AP 1; query 1 ranks b2 (1) first -> AP 1; a query
+  # whose only hit comes second has AP 1/2.
+  from vireid_jax import evaluation  # pylint: disable=import-outside-toplevel
+  assert evaluation.eval_regdb(-(a @ b.T), np.array([0, 1]), np.array([0, 0, 1]),
+                               max_rank=1)[1] == 1.0
+  assert evaluation.eval_regdb(-(a[1:] @ b[1:].T), np.array([0]), np.array([0, 1]),
+                               max_rank=1)[1] == 0.5

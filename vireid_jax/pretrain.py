@@ -401,7 +401,14 @@ def ensure_pretrained(config: ml_collections.ConfigDict) -> str:
   """
   if config.model.pretrained != SYNTHETIC_IMAGENET:
     return config.model.pretrained
-  # One process pretrains and writes the file; the others wait, then read it (a shared disk
-  # must not see N writers, as for the dataset cache).
+  return pretrain_on_main(config)
+
+
+def pretrain_on_main(config: ml_collections.ConfigDict) -> str:
+  """`pretrain` on process 0 only; every process waits for it and gets the file's path.
+
+  One process writes the file and the others read it, as for the dataset cache: a shared disk
+  must not see N writers.
+  """
   multihost.run_on_main(lambda: pretrain(config), 'pretraining the ImageNet stand-in')
   return pretrained_path(config)
