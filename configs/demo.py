@@ -21,9 +21,9 @@ What still differs from the paper, and why:
     modalities are aligned, and at this budget more of it helps;
   * cluster.k1/k2 = 10/3: the synthetic set has 10 infrared images per identity where SYSU-MM01
     has about 30, and k1 = 30 would put several identities in every k-reciprocal set;
-  * learning rate 1e-3 and no multiplicative rectangles (linear_transform_prob 0): measured
-    from the pretrained start, the paper's 3.5e-4 and 0.8 gave lower mAP at 16 short epochs
-    (README, "The demo").
+  * learning rate 1e-3 and no multiplicative rectangles (linear_transform_prob 0): in single
+    runs from an earlier stand-in, the paper's 3.5e-4 and 0.8 gave lower mAP at 16 short
+    epochs; not re-measured over seeds.
 What it reaches, as means over training seeds, and how long it takes: README.md ("The demo").
 --config.cluster.oracle=True gives the supervised bound of the same budget.
 """

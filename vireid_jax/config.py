@@ -156,8 +156,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.pretrain.label_smoothing = 0.1
   # layer4 stride while pretraining. ImageNet ResNets use 2 and MBCCM sets 1 after loading,
   # which at 288x144 changes little; at the demo's 64x32 a stride of 2 leaves layer4 a 2x1 map
-  # whose features and BN statistics do not carry over to the 4x2 map MBCCM trains on (demo
-  # mAP 33 instead of 43), so the stand-in is pretrained with the stride MBCCM uses.
+  # whose features and BN statistics do not carry over to the 4x2 map MBCCM trains on (a
+  # clearly lower demo mAP in single runs), so the stand-in is pretrained with the stride
+  # MBCCM uses.
   config.pretrain.last_stride = 1
   config.pretrain.crop_area = (0.35, 1.0)  # RandomResizedCrop area (ImageNet: 0.08; people are
   #                                          small images with the person filling them)
