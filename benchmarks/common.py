@@ -306,14 +306,63 @@ def dispatch_steps(step_fn, state, memories, batches, inputs, num_steps: int):
   return state, memories, per_step
 
 
+def first_epoch_of_stage(config, stage: int) -> int:
+  """The first epoch the configured method's schedule puts in `stage`."""
+  from vireid_jax import methods
+  method = methods.for_config(config)
+  for epoch in range(config.schedule.epochs):
+    if method.schedule(config, epoch).stage == stage:
+      return epoch
+  raise ValueError(f'{config.method} runs no stage {stage} in {config.schedule.epochs} epochs')
+
+
+def associate(config, clusters, epoch: int, pids=None):
+  """Fills `clusters.association` with the configured method's association of `epoch`."""
+  from vireid_jax import methods
+  method = methods.for_config(config)
+  if pids is None:  # the clusters stand for identities
+    pids = (clusters.visible_labels, clusters.infrared_labels)
+  arrays, _ = method.associate(config, method.schedule(config, epoch), clusters, pids)
+  clusters.association = dict(arrays)
+  return clusters
+
+
+def method_plan(config, clusters, epoch: int, train_sets=None):
+  """(schedule, plan) of the configured method for `epoch`, as the trainer builds them
+  (train.Trainer.train_epoch)."""
+  from vireid_jax import methods
+  from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
+  method = methods.for_config(config)
+  schedule = method.schedule(config, epoch)
+  if train_sets is None:  # every image of cluster k is from camera k mod 2 (no images needed)
+    train_sets = tuple(
+        ImageSet(images=np.zeros((len(labels), 0, 0, 3), np.uint8), pids=labels,
+                 cams=labels % 2, paths=np.array([''] * len(labels)), modality=modality)
+        for labels, modality in ((clusters.visible_labels, VISIBLE),
+                                 (clusters.infrared_labels, INFRARED)))
+  plan = method.plan_epoch(config, schedule, clusters, clusters.association, train_sets,
+                           np.random.default_rng([config.seed, epoch]))
+  return schedule, plan
+
+
+def method_memories(config, clusters, schedule, mesh):
+  """The configured method's memories of the epoch, replicated on `mesh` (as the trainer)."""
+  import jax
+  from vireid_jax import methods
+  from vireid_jax import sharding
+  memories = methods.for_config(config).build_memories(config, schedule, clusters,
+                                                       clusters.association)
+  return sharding.put_replicated(jax.device_get(memories), mesh)
+
+
 def synthetic_clusters(num_visible: int, num_infrared: int, visible_clusters: int,
-                       infrared_clusters: int, dim: int, seed: int):
+                       infrared_clusters: int, dim: int, seed: int, config=None):
   """An `EpochClusters` as clustering would hand the trainer, without running clustering.
 
   Image i of a modality belongs to cluster i mod K (every cluster non-empty, no outliers);
-  centres are random unit rows; the match mask comes from the real `mbccm_match` on them.
+  centres are random unit rows; with `config`, the association is the configured method's
+  real one (stage 2's) on them.
   """
-  from vireid_jax import clustering
   from vireid_jax.clustering import epoch as epoch_clustering
   if num_visible < visible_clusters or num_infrared < infrared_clusters:
     raise ValueError(f'{num_visible} visible / {num_infrared} infrared images cannot fill '
@@ -326,8 +375,10 @@ def synthetic_clusters(num_visible: int, num_infrared: int, visible_clusters: in
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
   visible_centers, infrared_centers = unit_rows(visible_clusters), unit_rows(infrared_clusters)
-  return epoch_clustering.EpochClusters(
+  clusters = epoch_clustering.EpochClusters(
       visible_labels=np.arange(num_visible) % visible_clusters,
       infrared_labels=np.arange(num_infrared) % infrared_clusters,
-      visible_centers=visible_centers, infrared_centers=infrared_centers,
-      match=clustering.mbccm_match(visible_centers, infrared_centers), stats={})
+      visible_centers=visible_centers, infrared_centers=infrared_centers)
+  if config is not None:
+    associate(config, clusters, first_epoch_of_stage(config, 2))
+  return clusters

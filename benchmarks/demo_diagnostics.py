@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
   from vireid_jax import sharding
   from vireid_jax import train_state
   from vireid_jax.clustering import epoch as epoch_clustering
+  from vireid_jax.methods.mbccm import association as mbccm_association
   from vireid_jax.data.types import INFRARED, VISIBLE
 
   spec = importlib.util.spec_from_file_location('diagnostics_config', args.config)
@@ -88,6 +89,9 @@ def main(argv=None) -> dict:
   _, mean_ap, _ = evaluation.eval_regdb(-(fi @ fv.T), infrared.pids, visible.pids)
   out['train_ir_to_visible_mAP'] = 100 * mean_ap
   epoch = epoch_clustering.cluster_epoch(config, fv, fi, visible.pids, infrared.pids)
+  _, match_stats = mbccm_association.associate(config, None, epoch,
+                                               (visible.pids, infrared.pids))
+  epoch.stats.update(match_stats)
   out['epoch_clustering'] = {k: round(float(v), 3) for k, v in epoch.stats.items()
                              if k.startswith(('visible/purity', 'infrared/purity', 'match/'))}
   true_v = np.unique(visible.pids, return_inverse=True)[1]

@@ -72,8 +72,8 @@ def main(argv=None) -> list[dict]:
   from vireid_jax import clustering
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
+  from vireid_jax import methods
   from vireid_jax import sharding
-  from vireid_jax import train
   from vireid_jax import train_state
   from vireid_jax.clustering import epoch as epoch_clustering
   from vireid_jax.data.types import INFRARED, VISIBLE
@@ -98,8 +98,9 @@ def main(argv=None) -> list[dict]:
   state = train_state.create_train_state(config, model, mesh)
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
                                               tuple(config.data.std), config.eval.flip)
-  step_fn = train_state.make_train_step(model, config, mesh, stage=args.stage)
-  epoch_offset = 0 if args.stage == 1 else config.schedule.stage2_start
+  epoch_offset = common.first_epoch_of_stage(config, args.stage)
+  step_fn = train_state.make_train_step(
+      model, config, mesh, methods.for_config(config).schedule(config, epoch_offset).phase)
   compiled_capacities = set()
 
   def run_epoch(epoch: int) -> dict:
@@ -134,17 +135,18 @@ def main(argv=None) -> list[dict]:
       raise SystemExit(f'epoch.py: {error} With --cluster-features {args.cluster_features} '
                        'there is nothing to train on: use --cluster-features synthetic, or a '
                        'smaller --cluster-noise.') from error
+    # The method's association (MBCCM: the matching), timed on its own to show its share.
+    times['match'], _ = common.timed(lambda: common.associate(
+        config, clusters, epoch, (pids[VISIBLE], pids[INFRARED])))
     times['cluster'] = time.perf_counter() - start
-    # The matching alone (already part of 'cluster'), to show its share.
-    times['match'], _ = common.timed(lambda: clustering.mbccm_match(
-        clusters.visible_centers, clusters.infrared_centers))
 
     start = time.perf_counter()
-    plan = train.plan_epoch(config, clusters, args.stage, epoch)
-    inputs = train_state.put_epoch_inputs(plan, epoch, int(jax.device_get(state.step)), mesh)
+    schedule, plan = common.method_plan(config, clusters, epoch)
+    inputs = train_state.put_epoch_inputs(plan, epoch, int(jax.device_get(state.step)), mesh,
+                                          lr_epoch=schedule.lr_epoch)
     times['plan'] = time.perf_counter() - start
     start = time.perf_counter()
-    memories = jax.block_until_ready(train.build_memories(clusters, mesh))
+    memories = jax.block_until_ready(common.method_memories(config, clusters, schedule, mesh))
     times['memories'] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -158,7 +160,8 @@ def main(argv=None) -> list[dict]:
     times['total'] = sum(times[phase] for phase in ('extract', 'cluster', 'plan', 'memories',
                                                     'train'))
     losses = np.array([m['total'] for m in per_step], np.float64)
-    capacities = (int(memories.visible.shape[0]), int(memories.infrared.shape[0]))
+    capacities = tuple(int(table.shape[0]) for table in jax.tree.leaves(memories)
+                       if table.ndim == 2)
     times.update({
         'visible_clusters': int(clusters.visible_centers.shape[0]),
         'infrared_clusters': int(clusters.infrared_centers.shape[0]),

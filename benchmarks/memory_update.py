@@ -3,7 +3,7 @@
   python benchmarks/memory_update.py               # the paper's batch: 144 pairs, 2048 features
   python benchmarks/memory_update.py --clusters 4 --instances 2 --dim 64 --repeats 2  # CPU smoke
 
-Times `vireid_jax.memory.update_memories` alone, jitted, with the memories donated as the train
+Times MBCCM's `update_memories` (vireid_jax/methods/mbccm/memories.py) alone, jitted, with the memories donated as the train
 step donates them: stage 1 (M_v <- 288 visible features, M_i <- 144 infrared) and stage 2 (also
 M_vi and M_iv <- 432 each). Labels have the step's structure: `--clusters` distinct labels,
 each `--instances` times per modality, so the by-rank form runs 24 (stage 1) or 36 (stage 2)
@@ -39,6 +39,7 @@ def main(argv=None) -> list[dict]:
   import jax
   import numpy as np
   from vireid_jax import memory
+  from vireid_jax.methods.mbccm import memories as mbccm_memories
 
   rng = np.random.default_rng(args.seed)
   pairs = args.clusters * args.instances
@@ -57,13 +58,12 @@ def main(argv=None) -> list[dict]:
   records = []
   for stage in (1, 2):
     for method in ('sequential', 'by_rank'):
-      update = jax.jit(functools.partial(memory.update_memories, stage=stage, momentum=0.1,
+      update = jax.jit(functools.partial(mbccm_memories.update_memories, stage=stage, momentum=0.1,
                                          method=method), donate_argnums=0)
 
       def fresh_memories():
-        return memory.Memories.from_centers(*(memory.pad_rows(t, c)
-                                              for t, c in zip(tables, capacities)),
-                                            *args.memory_clusters)
+        return mbccm_memories.Memories.from_centers(
+            *(memory.pad_rows(t, c) for t, c in zip(tables, capacities)), *args.memory_clusters)
 
       def run_calls(memories, calls):
         for _ in range(calls):

@@ -65,14 +65,15 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   import numpy as np
   from vireid_jax import host_feed
   from vireid_jax import sharding
-  from vireid_jax import train
   from vireid_jax import train_state
 
   on_device = where == 'device'
   pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
-  plan = train.plan_epoch(config, clusters, stage, epoch=0)
-  memories = train.build_memories(clusters, mesh)
-  step_fn = train_state.make_train_step(model, config, mesh, stage, images_on_device=on_device)
+  epoch = common.first_epoch_of_stage(config, stage)
+  schedule, plan = common.method_plan(config, clusters, epoch)
+  memories = common.method_memories(config, clusters, schedule, mesh)
+  step_fn = train_state.make_train_step(model, config, mesh, schedule.phase,
+                                        images_on_device=on_device)
   if on_device:
     resident = tuple(sharding.put_replicated(images, mesh) for images in host_images)
     batches = lambda: iter(lambda: resident, None)  # the same arrays every step
@@ -81,7 +82,8 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   name = f'train_step/stage{stage}' + ('' if on_device else '/host_fed')
 
   def inputs_at_state():  # the epoch starts where the state stands, as in the trainer
-    return train_state.put_epoch_inputs(plan, 0, int(jax.device_get(state.step)), mesh)
+    return train_state.put_epoch_inputs(plan, epoch, int(jax.device_get(state.step)), mesh,
+                                        lr_epoch=schedule.lr_epoch)
 
   common.log(f'stage {stage}, images on the {where}: compiling the step ({3 * pairs} images)')
   first_batch = next(batches())
@@ -147,7 +149,7 @@ def main(argv=None) -> list[dict]:
       common.random_images(args.num_images, height, width, seed)
       for seed in (args.seed, args.seed + 1))
   clusters = common.synthetic_clusters(args.num_images, args.num_images, *args.memory_clusters,
-                                       dim=model.num_features, seed=args.seed)
+                                       dim=model.num_features, seed=args.seed, config=config)
   state = train_state.create_train_state(config, model, mesh)
   context = dict(common.device_description(), precision=common.precision(config))
   records = []

@@ -15,12 +15,12 @@ import pytest
 
 from vireid_jax import checkpoint
 from vireid_jax import evaluation
-from vireid_jax import losses
 from vireid_jax import models
 from vireid_jax import sharding
 from vireid_jax import train
 from vireid_jax import train_state
 from vireid_jax.data import synthetic
+from vireid_jax.methods.mbccm import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

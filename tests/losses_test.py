@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vireid_jax import losses
-from vireid_jax import memory
+from vireid_jax.methods.mbccm import losses
+from vireid_jax.methods.mbccm import memories as memory
 
 TEMPERATURE = 0.05
 MOMENTUM = 0.1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vireid_jax import memory
+from vireid_jax.methods.mbccm import memories as mbccm_memories
 
 TEMPERATURE = 0.05
 MOMENTUM = 0.1
@@ -101,25 +102,25 @@ def test_from_centers_builds_four_normalised_copies_and_keeps_padding_zero():
   visible = np.zeros((6, 8), np.float32)
   visible[:4] = _random((4, 8), 13)
   infrared = _random((3, 8), 14)
-  mems = memory.Memories.from_centers(visible, infrared, num_visible=4)
+  mems = mbccm_memories.Memories.from_centers(visible, infrared, num_visible=4)
   np.testing.assert_allclose(mems.visible[:4], _normalize(visible[:4]), rtol=1e-6)
   np.testing.assert_array_equal(mems.visible[4:], 0)
   np.testing.assert_array_equal(mems.agnostic_visible, mems.visible)
   np.testing.assert_array_equal(mems.agnostic_infrared, mems.infrared)
   assert int(mems.num_visible) == 4 and int(mems.num_infrared) == 3
   with pytest.raises(ValueError, match='num_infrared'):
-    memory.Memories.from_centers(visible, infrared, num_infrared=5)
+    mbccm_memories.Memories.from_centers(visible, infrared, num_infrared=5)
 
 
 @pytest.mark.parametrize('method', ['sequential', 'by_rank'])
 @pytest.mark.parametrize('stage', [1, 2])
 def test_update_memories_follows_the_reference_order(stage, method):
   visible, infrared = _normalize(_random((4, 8), 15)), _normalize(_random((3, 8), 16))
-  mems = memory.Memories.from_centers(visible, infrared)
+  mems = mbccm_memories.Memories.from_centers(visible, infrared)
   f_a, f_b, f_r = (_random((6, 8), s) for s in (17, 18, 19))
   y_v = np.array([0, 0, 3, 3, 1, 1], np.int32)
   y_i = np.array([2, 2, 0, 0, 2, 1], np.int32)
-  update = jax.jit(memory.update_memories, static_argnames=('stage', 'momentum', 'method'))
+  update = jax.jit(mbccm_memories.update_memories, static_argnames=('stage', 'momentum', 'method'))
   new = update(mems, *(jnp.asarray(a) for a in (f_a, f_b, f_r, y_v, y_i)), stage=stage,
                momentum=MOMENTUM, method=method)
   check = lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,8 @@ from vireid_jax import models
 from vireid_jax import sampling
 from vireid_jax import sharding
 from vireid_jax import train_state
-from vireid_jax.clustering import epoch as epoch_clustering
+from vireid_jax.methods.mbccm import association as mbccm_association
+from vireid_jax.methods.mbccm import memories as mbccm_memories
 
 
 def tiny_config() -> ml_collections.ConfigDict:
@@ -89,7 +90,7 @@ def test_sharded_step_equals_single_device_step(stage):
     step_fn = train_state.make_train_step(model, config, mesh, stage)
     state = train_state.create_train_state(config, model, mesh)
     padded = memory_lib.pad_rows(centers, 16)
-    memories = sharding.put_replicated(jax.device_get(memory_lib.Memories.from_centers(
+    memories = sharding.put_replicated(jax.device_get(mbccm_memories.Memories.from_centers(
         padded, padded, num_visible=4, num_infrared=4)), mesh)
     images_v = sharding.put_replicated(visible, mesh)
     images_i = sharding.put_replicated(infrared, mesh)
@@ -145,9 +146,9 @@ def test_identical_stems_give_both_modalities_one_feature_space(identical):
 def test_oracle_match_pairs_clusters_of_the_same_identity():
   visible_pids = np.array([7, 3, 3, 9, 7])
   infrared_pids = np.array([9, 3, 7, 7])
-  match = epoch_clustering.oracle_match(visible_pids, infrared_pids)
+  match = mbccm_association.oracle_match(visible_pids, infrared_pids)
   # Clusters are the sorted identities (3, 7, 9) on both sides, so the mask is the identity.
   np.testing.assert_array_equal(match.mask, np.eye(3, dtype=bool))
   assert match.mean_partners_infrared == match.mean_partners_visible == 1.0
   with pytest.raises(ValueError, match=r'\[5\]'):
-    epoch_clustering.oracle_match(np.array([3, 5]), np.array([3]))
+    mbccm_association.oracle_match(np.array([3, 5]), np.array([3]))

@@ -13,6 +13,10 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   """Paper settings for SYSU-MM01 (SPEC.md); dataset configs override what differs."""
   config = ml_collections.ConfigDict()
+  # The training method: a package under vireid_jax/methods/ ('mbccm', 'cluster_contrast',
+  # ...). The groups `memory`, `loss`, `sampler` and `schedule` hold MBCCM's values here; a
+  # method's own configs (configs/<method>_*.py) set theirs.
+  config.method = 'mbccm'
   config.seed = 0  # one seed for sampling, augmentation, init and gallery-free randomness
 
   # --- data (SPEC.md: Data) ---
@@ -210,11 +214,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.data.trial = {config.data.trial}; RegDB trials are 1..10')
   if not 0 <= config.schedule.stage2_start <= config.schedule.epochs:
     raise ConfigError('config.schedule.stage2_start must lie in [0, schedule.epochs]')
-  if config.sampler.clusters_per_step % 2:
-    raise ConfigError('config.sampler.clusters_per_step must be even: stage 2 draws half of '
-                      'them from each modality')
   if config.eval.sysu_shots not in (1, 10):
     raise ConfigError(f'config.eval.sysu_shots = {config.eval.sysu_shots}; expected 1 or 10')
+  from vireid_jax import methods  # pylint: disable=import-outside-toplevel  (methods import this)
+  methods.for_config(config).validate(config)
   if not config.data.root and not config.data.synthetic:
     raise ConfigError('config.data.root is empty: pass --config.data.root=/path/holding/the/'
                       'dataset (the folder with SYSU-MM01/, RegDB/ or LLCM/)')

@@ -11,6 +11,7 @@ With one process (no flags, no cluster environment) nothing here communicates.
 """
 
 import os
+import pickle
 from typing import Any, Callable, Optional
 
 import jax
@@ -128,6 +129,39 @@ def run_on_main(fn: Callable[[], Any], what: str) -> Any:
   if failed:
     raise MainProcessFailed(f'{what} failed on process 0; its output says why')
   return result
+
+
+def share_from_main(fn: Callable[[], Any], what: str,
+                    shared_errors: tuple[type[BaseException], ...] = ()) -> Any:
+  """Runs `fn` on process 0 only and returns its result on every process (called by all).
+
+  The result (any picklable object: numpy arrays, dicts, dataclasses) travels as bytes, so
+  every process gets exactly process 0's values, never a recomputation that floating-point
+  differences between hosts could change. An error of a type in `shared_errors` is raised on
+  every process with process 0's message; any other error is raised on process 0 and as
+  MainProcessFailed elsewhere (as `run_on_main`).
+  """
+  if process_count() == 1:
+    return fn()
+
+  def pickled() -> bytes:
+    try:
+      return pickle.dumps((True, fn()))
+    except shared_errors as error:  # pylint: disable=catching-non-exception
+      return pickle.dumps((False, error))
+
+  payload = run_on_main(pickled, what) or b''
+  # int32 words: the broadcast sums process 0's values with zeros, exactly, in 32 bits.
+  size = int(broadcast(np.int32(len(payload))))
+  words = np.zeros(-(-size // 4), np.int32)
+  if is_main():
+    padded = payload + b'\0' * (4 * len(words) - size)
+    words = np.frombuffer(padded, np.int32).copy()
+  words = broadcast(words)
+  ok, value = pickle.loads(np.asarray(words, np.int32).tobytes()[:size])
+  if not ok:
+    raise value
+  return value
 
 
 def is_peer_lost(error: BaseException) -> bool:

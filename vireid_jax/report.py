@@ -20,8 +20,9 @@ def _fmt(value, spec='.3f') -> str:
   return '-' if value is None else format(value, spec)
 
 
-def epoch_line(entry: dict, epochs: int) -> str:
-  """One line per epoch with the numbers that matter."""
+def epoch_line(entry: dict, epochs: int, reporting=None) -> str:
+  """One line per epoch with the numbers that matter; `reporting` adds the method's own part
+  (its association: a `methods.Reporting`)."""
   parts = [f'epoch {entry["epoch"] + 1:3d}/{epochs} stage {entry["stage"]}']
   if 'skipped' in entry:
     parts.append('skipped (no clusters)')
@@ -31,13 +32,11 @@ def epoch_line(entry: dict, epochs: int) -> str:
                  f'{entry.get("infrared/clusters", 0):.0f}')
     parts.append(f'outliers V/I {entry.get("visible/outliers", 0):.0f}/'
                  f'{entry.get("infrared/outliers", 0):.0f}')
-    parts.append(f'partners I/V {entry.get("match/mean_partners_infrared", 0):.2f}/'
-                 f'{entry.get("match/mean_partners_visible", 0):.2f}')
     if not math.isnan(entry.get('visible/purity', math.nan)):  # NaN: no true identities known
-      parts.append(f'purity V/I {entry["visible/purity"]:.2f}/{entry["infrared/purity"]:.2f} '
-                   f'same-id: 1:1 {entry.get("match/one_to_one_precision", math.nan):.2f} '
-                   f'I-partner {entry.get("match/infrared_with_true_partner", math.nan):.2f} '
-                   f'pairs {entry.get("match/pair_precision", math.nan):.2f}')
+      parts.append(f'purity V/I {entry["visible/purity"]:.2f}/{entry["infrared/purity"]:.2f}')
+    method_part = reporting.epoch_line(entry) if reporting is not None else ''
+    if method_part:
+      parts.append(method_part)
   if 'headline' in entry:
     h = entry['headline']
     parts.append(f'| R1 {h["rank1"]:.2f} mAP {h["mAP"]:.2f} mINP {h["mINP"]:.2f}')
@@ -56,25 +55,26 @@ def _evaluation_table(history) -> list[str]:
   return rows
 
 
-_EPOCH_COLUMNS = (
-    ('stage', 'stage', 'd'), ('lr', 'lr', '.1e'), ('loss', 'loss/total', '.3f'),
-    ('L_ms', 'loss/ms', '.3f'), ('L_ma', 'loss/ma', '.3f'), ('L_cc', 'loss/cc', '.3f'),
+_CLUSTER_COLUMNS = (
     ('clusters V', 'visible/clusters', '.0f'), ('clusters I', 'infrared/clusters', '.0f'),
     ('outliers V', 'visible/outliers', '.0f'), ('outliers I', 'infrared/outliers', '.0f'),
     ('purity V', 'visible/purity', '.3f'), ('purity I', 'infrared/purity', '.3f'),
     ('NMI V', 'visible/nmi', '.3f'), ('NMI I', 'infrared/nmi', '.3f'),
-    ('partners I', 'match/mean_partners_infrared', '.2f'),
-    ('partners V', 'match/mean_partners_visible', '.2f'),
-    ('1:1 same id', 'match/one_to_one_precision', '.3f'),
-    ('I with same-id partner', 'match/infrared_with_true_partner', '.3f'),
-    ('pairs same id', 'match/pair_precision', '.3f'),
-    ('seconds', None, '.0f'),
 )
 
 
-def _epoch_table(history) -> list[str]:
+def _epoch_columns(reporting) -> tuple:
+  """(title, history key, format) of the epoch table: the core's and the method's columns."""
+  loss_terms = tuple((label, f'loss/{key}', '.3f') for key, label in reporting.loss_terms)
+  return ((('stage', 'stage', 'd'), ('lr', 'lr', '.1e'), ('loss', 'loss/total', '.3f'))
+          + loss_terms + _CLUSTER_COLUMNS + tuple(reporting.association_columns)
+          + (('seconds', None, '.0f'),))
+
+
+def _epoch_table(history, reporting) -> list[str]:
   entries = [e for e in history if e['epoch'] >= 0]
-  columns = [c for c in _EPOCH_COLUMNS if c[1] is None or any(c[1] in e for e in entries)]
+  columns = [c for c in _epoch_columns(reporting)
+             if c[1] is None or any(c[1] in e for e in entries)]
   rows = ['| epoch | ' + ' | '.join(c[0] for c in columns) + ' |',
           '|---' * (len(columns) + 1) + '|']
   for e in entries:
@@ -99,13 +99,13 @@ def _plot_series(ax, entries, series, **style) -> None:
       ax.plot(*zip(*points), label=label, **style)
 
 
-def plot_curves(history, path: str) -> None:
+def plot_curves(history, path: str, reporting) -> None:
   entries = [e for e in history if e['epoch'] >= 0 and 'skipped' not in e]
   evals = [dict(e['headline'], epoch=e['epoch']) for e in history if 'headline' in e]
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
   ax = axes[0, 0]
-  _plot_series(ax, entries, (('loss/total', 'total'), ('loss/ms', 'L_ms'), ('loss/ma', 'L_ma'),
-                             ('loss/cc', 'L_cc')), marker='.')
+  _plot_series(ax, entries, (('loss/total', 'total'),) + tuple(
+      (f'loss/{key}', label) for key, label in reporting.loss_terms), marker='.')
   ax.set(title='training loss (mean per epoch)', xlabel='epoch')
   _legend(ax)
   ax = axes[0, 1]
@@ -121,20 +121,16 @@ def plot_curves(history, path: str) -> None:
   _legend(ax)
   ax = axes[1, 1]
   _plot_series(ax, entries, (('visible/purity', 'visible purity'),
-                             ('infrared/purity', 'infrared purity'),
-                             ('match/one_to_one_precision', 'one-to-one partner same id'),
-                             ('match/infrared_with_true_partner',
-                              'infrared clusters with a same-id partner'),
-                             ('match/pair_precision', 'matched pairs sharing an id')), marker='.')
-  ax.set(title='cluster and matching quality (true ids)', xlabel='epoch', ylim=(0, 1.05))
+                             ('infrared/purity', 'infrared purity'))
+               + tuple(reporting.association_quality), marker='.')
+  ax.set(title='cluster and association quality (true ids)', xlabel='epoch', ylim=(0, 1.05))
   _legend(ax, fontsize=8, loc='upper left')
-  partners_ax = ax.twinx()  # counts, on their own scale
-  for side, linestyle in (('infrared', ':'), ('visible', '--')):
-    _plot_series(partners_ax, entries,
-                 ((f'match/mean_partners_{side}', f'partners / {side} cluster'),),
-                 linestyle=linestyle, color='grey')
-  partners_ax.set_ylabel('mean partners')
-  _legend(partners_ax, fontsize=8, loc='upper right')
+  if reporting.association_counts:
+    counts_ax = ax.twinx()  # counts, on their own scale
+    for series, linestyle in zip(reporting.association_counts, (':', '--', '-.', '-')):
+      _plot_series(counts_ax, entries, (series,), linestyle=linestyle, color='grey')
+    counts_ax.set_ylabel('mean per cluster')
+    _legend(counts_ax, fontsize=8, loc='upper right')
   fig.tight_layout()
   files.save_figure(fig, path, dpi=90)
   plt.close(fig)
@@ -142,6 +138,8 @@ def plot_curves(history, path: str) -> None:
 
 def write_report(workdir: str, history, best: dict, config) -> None:
   """Writes report.md and curves.png into `workdir` (atomically, each)."""
+  from vireid_jax import methods  # pylint: disable=import-outside-toplevel
+  reporting = methods.for_config(config).reporting
   if config.data.dataset == 'sysu':
     protocol = (f'SYSU-MM01 {config.eval.sysu_mode}-search, gallery draws '
                 f'{list(config.eval.train_trials)}')
@@ -150,13 +148,21 @@ def write_report(workdir: str, history, best: dict, config) -> None:
                 f'{list(config.eval.train_trials)}')
   else:
     protocol = f'RegDB visible-to-thermal, split {config.data.trial}'
-  lines = [f'# Training report: {config.data.dataset}', '',
+  lines = [f'# Training report: {config.method} on {config.data.dataset}', '',
            f'Workdir `{files.path(workdir)}`. Evaluation during training: {protocol}; '
            f'values in %.', '']
+  for entry in history:  # a stage that restarted from the previous stage's best checkpoint
+    previous = entry.get('restarted_from')
+    if previous is not None and previous.get('epoch', -1) >= 0:
+      lines += [f'Stage {previous["stage"]}: best mAP {previous["mAP"]:.2f}, Rank-1 '
+                f'{previous["rank1"]:.2f} after epoch {previous["epoch"] + 1}; stage '
+                f'{entry["stage"]} started from it with a new optimiser (epoch '
+                f'{entry["epoch"] + 1}).', '']
   if best['epoch'] >= 0:
     lines += [f'Best: mAP {best["mAP"]:.2f}, Rank-1 {best["rank1"]:.2f} after epoch '
-              f'{best["epoch"] + 1} (checkpoints/best).', '']
+              f'{best["epoch"] + 1} (checkpoints/best; chosen on the test set, as the authors\' '
+              f'code does).', '']
   lines += ['## Evaluations', ''] + _evaluation_table(history) + ['']
-  lines += ['## Epochs', ''] + _epoch_table(history) + ['', '![curves](curves.png)', '']
+  lines += ['## Epochs', ''] + _epoch_table(history, reporting) + ['', '![curves](curves.png)', '']
   files.write_text(files.path(workdir) / 'report.md', '\n'.join(lines))
-  plot_curves(history, files.path(workdir) / 'curves.png')
+  plot_curves(history, files.path(workdir) / 'curves.png', reporting)

@@ -1,10 +1,11 @@
-"""The epoch loop of MBCCM (SPEC.md "Each epoch"), over every device of every process.
+"""The epoch loop every method shares, over every device of every process.
 
-Each epoch: extract eval features of all training images, cluster each modality and match the
-clusters across modalities (once, on process 0, shared with all), rebuild the four cluster
-memories from the centres, plan the whole epoch's batches, run `steps_per_epoch` jitted steps
-(train_state.py), evaluate every `eval_every` epochs, then checkpoint, report and log. The host
-only plans and dispatches; the step reads nothing from it.
+Each epoch: extract eval features of all training images, cluster each modality and let the
+method associate the clusters across modalities (once, on process 0, shared with all), rebuild
+the method's memories from the centres, plan the whole epoch's batches, run `steps_per_epoch`
+jitted steps (train_state.py), evaluate when the method's schedule says so, then checkpoint,
+report and log. The host only plans and dispatches; the step reads nothing from it. What is the
+method's (config.method; vireid_jax/methods/) comes through its `Method` functions.
 """
 
 import os
@@ -23,13 +24,12 @@ from vireid_jax import extract as extract_lib
 from vireid_jax import files
 from vireid_jax import host_feed
 from vireid_jax import interrupts
-from vireid_jax import memory as memory_lib
+from vireid_jax import methods
 from vireid_jax import metric_writer
 from vireid_jax import models
 from vireid_jax import multihost
 from vireid_jax import report
 from vireid_jax import run_lock
-from vireid_jax import sampling
 from vireid_jax import sharding
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering
@@ -68,30 +68,6 @@ def images_fit_on_device(num_bytes: int, device: jax.Device) -> bool:
   return num_bytes <= IMAGES_ON_DEVICE_SHARE * capacity
 
 
-def build_memories(clusters: epoch_clustering.EpochClusters, mesh) -> memory_lib.Memories:
-  """M_v, M_i, M_vi, M_iv from the epoch's centres, padded to a power of two, replicated."""
-  num_v, num_i = len(clusters.visible_centers), len(clusters.infrared_centers)
-  memories = memory_lib.Memories.from_centers(
-      memory_lib.pad_rows(clusters.visible_centers, memory_lib.memory_capacity(num_v)),
-      memory_lib.pad_rows(clusters.infrared_centers, memory_lib.memory_capacity(num_i)),
-      num_visible=num_v, num_infrared=num_i)
-  return sharding.put_replicated(jax.device_get(memories), mesh)
-
-
-def plan_epoch(config, clusters: epoch_clustering.EpochClusters, stage: int,
-               epoch: int) -> sampling.EpochPlan:
-  """The epoch's batches, seeded by (seed, epoch): the same on every process and on resume."""
-  s = config.sampler
-  rng = np.random.default_rng([config.seed, epoch])
-  if stage == 1:
-    return sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
-                                s.steps_per_epoch, s.clusters_per_step,
-                                s.instances_per_cluster, rng)
-  return sampling.stage2_plan(clusters.visible_labels, clusters.infrared_labels,
-                              clusters.match.mask, s.steps_per_epoch, s.clusters_per_step,
-                              s.instances_per_cluster, rng)
-
-
 def _first_nonfinite(losses_per_step: np.ndarray) -> int | None:
   bad = np.flatnonzero(~np.isfinite(losses_per_step))
   return int(bad[0]) if len(bad) else None
@@ -104,8 +80,9 @@ class Trainer:
     self.config = config
     self.workdir = workdir
     self.mesh = sharding.make_mesh()
-    batch = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
-    sharding.check_divisible(batch, self.mesh, 'images per modality per step')
+    self.method = methods.for_config(config)
+    for modality, batch in zip(('visible', 'infrared'), self.method.batch_sizes(config)):
+      sharding.check_divisible(batch, self.mesh, f'{modality} images per step')
     self.model = models.build_model(config.model)
     self.train_visible, self.train_infrared = shared_data.load_train_on_every_process(
         config.data)
@@ -129,9 +106,7 @@ class Trainer:
       self.infrared_images = self.train_infrared.images
     self.extract_fns = extract_lib.make_extract_fn(
         self.model, tuple(config.data.mean), tuple(config.data.std), config.eval.flip)
-    self.step_fns = {stage: train_state.make_train_step(self.model, config, self.mesh, stage,
-                                                        self.images_on_device)
-                     for stage in (1, 2)}
+    self._step_fns = {}  # phase -> the jitted step of that phase, made when first needed
     self.state = train_state.create_train_state(config, self.model, self.mesh)
     self.history: list[dict] = []
     self.best = {'mAP': -1.0, 'epoch': -1}
@@ -187,14 +162,24 @@ class Trainer:
         self.config, self.extract, self.test_visible, self.test_infrared, trials=trials)
     return results, evaluate_lib.shared_headline(self.config, results)
 
-  def cluster(self, epoch: int, visible_features: np.ndarray,
+  def step_fn(self, phase):
+    """The jitted train step of the method's `phase` (made once per phase)."""
+    if phase not in self._step_fns:
+      self._step_fns[phase] = train_state.make_train_step(
+          self.model, self.config, self.mesh, phase, self.images_on_device,
+          step_fns=self.method.step_fns(self.config, phase))
+    return self._step_fns[phase]
+
+  def cluster(self, schedule: methods.EpochSchedule, visible_features: np.ndarray,
               infrared_features: np.ndarray) -> epoch_clustering.EpochClusters | None:
-    """This epoch's clusters and match, or None when the epoch is skipped (no clusters)."""
+    """This epoch's clusters and association, or None when the epoch is skipped (no clusters)."""
     config = self.config
+    epoch = schedule.epoch
+    pids = (self.train_visible.pids, self.train_infrared.pids)
+    associate = lambda clusters: self.method.associate(config, schedule, clusters, pids)
     try:
       clusters = epoch_clustering.shared_cluster_epoch(
-          config, visible_features, infrared_features, self.train_visible.pids,
-          self.train_infrared.pids)
+          config, visible_features, infrared_features, *pids, associate=associate)
     except clustering.NoClustersError as error:
       if config.cluster.on_no_clusters == 'stop':
         raise NoClustersStop(
@@ -208,14 +193,21 @@ class Trainer:
       _save_pseudo_labels(self.workdir, epoch, clusters)
     return clusters
 
-  def train_epoch(self, epoch: int, stage: int, clusters, stop: interrupts.StopRequests) -> dict:
+  def train_epoch(self, schedule: methods.EpochSchedule, clusters,
+                  stop: interrupts.StopRequests) -> dict:
     config = self.config
-    plan = plan_epoch(config, clusters, stage, epoch)
+    epoch, stage = schedule.epoch, schedule.stage
+    # Seeded by (seed, epoch): the same plan on every process and on resume.
+    rng = np.random.default_rng([config.seed, epoch])
+    plan = self.method.plan_epoch(config, schedule, clusters, clusters.association,
+                                  (self.train_visible, self.train_infrared), rng)
     first_step = int(jax.device_get(self.state.step))
-    inputs = train_state.put_epoch_inputs(plan, epoch, first_step, self.mesh)
-    memories = build_memories(clusters, self.mesh)
-    step_fn = self.step_fns[stage]
-    steps = config.sampler.steps_per_epoch
+    inputs = train_state.put_epoch_inputs(plan, epoch, first_step, self.mesh,
+                                          lr_epoch=schedule.lr_epoch)
+    memories = self.method.build_memories(config, schedule, clusters, clusters.association)
+    memories = sharding.put_replicated(jax.device_get(memories), self.mesh)
+    step_fn = self.step_fn(schedule.phase)
+    steps = plan.visible_index.shape[0]
     if self.images_on_device:
       batches = ((self.visible_images, self.infrared_images) for _ in range(steps))
     else:
@@ -250,7 +242,7 @@ class Trainer:
           f'is intact in {checkpoint.directory(self.workdir, checkpoint.LATEST)}: lower the '
           f'learning rate or check the data, then run the same command to resume.')
     summary = {f'loss/{k}': float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
-    summary['lr'] = train_state.learning_rate(config.optim, epoch)
+    summary['lr'] = train_state.learning_rate(config.optim, schedule.lr_epoch)
     return summary
 
   def _stopped_message(self, stop: interrupts.StopRequests, epoch: int) -> str:
@@ -287,23 +279,25 @@ class Trainer:
   def _run_epoch(self, epoch: int, stop: interrupts.StopRequests, writer) -> None:
     config = self.config
     epochs = config.schedule.epochs
-    stage = 1 if epoch < config.schedule.stage2_start else 2
-    entry = {'epoch': epoch, 'stage': stage}
+    schedule = self.method.schedule(config, epoch)
+    entry = {'epoch': epoch, 'stage': schedule.stage}
+    if schedule.restart:
+      entry['restarted_from'] = self._restart_stage(schedule)
     t0 = time.time()
     visible_features = self.extract(self.visible_images, VISIBLE, 'extract visible')
     infrared_features = self.extract(self.infrared_images, INFRARED, 'extract infrared')
     t1 = time.time()
-    clusters = self.cluster(epoch, visible_features, infrared_features)
+    clusters = self.cluster(schedule, visible_features, infrared_features)
     t2 = time.time()
     if clusters is None:
       entry['skipped'] = 'no clusters'
     else:
       entry.update(clusters.stats)
-      entry.update(self.train_epoch(epoch, stage, clusters, stop))
+      entry.update(self.train_epoch(schedule, clusters, stop))
     t3 = time.time()
     entry['time/extract'], entry['time/cluster'], entry['time/train'] = t1 - t0, t2 - t1, t3 - t2
     improved = False
-    if (epoch + 1) % config.schedule.eval_every == 0 or epoch + 1 == epochs:
+    if schedule.evaluate:
       results, headline = self.evaluate(config.eval.train_trials)
       entry['eval'], entry['headline'] = results, headline
       improved = headline['mAP'] > self.best['mAP']
@@ -315,16 +309,42 @@ class Trainer:
     if multihost.is_main():
       report.write_report(self.workdir, self.history, self.best, config)
       writer.write(self.history)
-    console.line(report.epoch_line(entry, epochs))
+    console.line(report.epoch_line(entry, epochs, self.method.reporting))
+
+  def _restart_stage(self, schedule: methods.EpochSchedule) -> dict:
+    """Starts `schedule.stage` from the previous stage's best checkpoint with a new optimiser.
+
+    The method's schedule asks for it (PGM's stage 2 restarts from stage 1's `model_best`
+    with a fresh Adam). Without a best checkpoint (no evaluation in the previous stage) the
+    stage continues from the current parameters, with a new optimiser all the same. The best
+    of the new stage is then chosen among its own epochs. Returns what the history records.
+    """
+    previous = dict(self.best, stage=schedule.stage - 1)
+    state = self.state
+    if (self.best['epoch'] >= 0 and
+        checkpoint.latest_epoch(self.workdir, checkpoint.BEST) is not None):
+      abstract = train_state.abstract_train_state(self.config, self.model, self.mesh)
+      state, record = checkpoint.restore(self.workdir, checkpoint.BEST, abstract)
+      console.line(f'Stage {schedule.stage} starts from the best checkpoint of stage '
+                   f'{schedule.stage - 1} (after epoch {record["epoch"]}, mAP '
+                   f'{self.best["mAP"]:.2f}) with a new optimiser.')
+    else:
+      console.line(f'Stage {schedule.stage} starts from the current parameters with a new '
+                   f'optimiser (stage {schedule.stage - 1} chose no best checkpoint).')
+    self.state = train_state.restart_optimizer(self.config, state, self.mesh).replace(
+        step=self.state.step)
+    self.best = {'mAP': -1.0, 'epoch': -1}
+    return previous
 
 
 def _save_pseudo_labels(workdir: str, epoch: int,
                         clusters: epoch_clustering.EpochClusters) -> None:
-  """`<workdir>/pseudo_labels/epoch_<n>.npz`: labels of both modalities and the match mask."""
+  """`<workdir>/pseudo_labels/epoch_<n>.npz`: labels of both modalities and the method's
+  association arrays (MBCCM: `match_mask`)."""
   import io  # pylint: disable=import-outside-toplevel
   buffer = io.BytesIO()
   np.savez_compressed(buffer, visible=clusters.visible_labels, infrared=clusters.infrared_labels,
-                      match_mask=clusters.match.mask)
+                      **clusters.association)
   files.write_bytes(files.path(workdir) / 'pseudo_labels' / f'epoch_{epoch + 1:03d}.npz',
                     buffer.getvalue())
 

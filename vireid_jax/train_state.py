@@ -7,7 +7,9 @@ One `init_train_state` builds the state; `abstract_train_state` runs it under `j
 The step is a pure function of device arrays: (state, memories, images, epoch inputs) ->
 (state, memories, metrics). Its random key and learning rate are computed inside from the
 state's step counter and the epoch, so the host transfers nothing per step; the plan of the
-whole epoch goes to the devices once.
+whole epoch goes to the devices once. The step is the skeleton every method shares (gather,
+augment, forward, loss, backward, optimiser, memory update, shardings, donation); what is the
+method's comes from its `StepFns` (vireid_jax/methods).
 """
 
 import functools
@@ -22,9 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vireid_jax import augment
-from vireid_jax import losses
-from vireid_jax import memory as memory_lib
+from vireid_jax import methods
 from vireid_jax import models
 from vireid_jax import multihost
 from vireid_jax import pretrain
@@ -46,13 +46,16 @@ class EpochInputs:
 
   Attributes:
     plan: the epoch's `sampling.EpochPlan`, (steps, B) int32 arrays split along B.
-    epoch: () int32, 0-based; picks the learning rate and seeds the augmentation.
+    epoch: () int32, 0-based epoch of the run; seeds the augmentation.
     first_step: () int32 `TrainState.step` at the start of the epoch: the step's row of the
       plan is `state.step - first_step`.
+    lr_epoch: () int32, the epoch the learning-rate schedule reads (the method's
+      `EpochSchedule.lr_epoch`: the run's epoch, or the epoch within a restarted stage).
   """
   plan: sampling.EpochPlan
   epoch: jax.Array
   first_step: jax.Array
+  lr_epoch: jax.Array
 
 
 def make_optimizer(optim_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -113,24 +116,37 @@ def create_train_state(config: ml_collections.ConfigDict, model, mesh: Mesh) -> 
   return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
 
 
+def restart_optimizer(config: ml_collections.ConfigDict, state: TrainState,
+                      mesh: Mesh) -> TrainState:
+  """`state` with a new optimiser state (Adam's moments and count at zero), replicated.
+
+  For a method whose later stage starts afresh from an earlier stage's weights (PGM)."""
+  tx = make_optimizer(config.optim)
+  opt_state = jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(state.params)
+  return state.replace(opt_state=opt_state)
+
+
 def epoch_sharding(mesh: Mesh) -> EpochInputs:
   """Shardings of `EpochInputs`: the plan split along its batch axis, scalars replicated."""
   plan = NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS))
   replicated = sharding.replicated(mesh)
   return EpochInputs(plan=sampling.EpochPlan(plan, plan, plan, plan), epoch=replicated,
-                     first_step=replicated)
+                     first_step=replicated, lr_epoch=replicated)
 
 
 def put_epoch_inputs(plan: sampling.EpochPlan, epoch: int, first_step: int,
-                     mesh: Mesh) -> EpochInputs:
-  """The epoch's inputs on the devices (every process passes the same plan)."""
-  inputs = EpochInputs(plan=plan, epoch=np.int32(epoch), first_step=np.int32(first_step))
+                     mesh: Mesh, lr_epoch: int | None = None) -> EpochInputs:
+  """The epoch's inputs on the devices (every process passes the same plan).
+
+  `lr_epoch` defaults to `epoch` (a run whose schedule never restarts)."""
+  inputs = EpochInputs(plan=plan, epoch=np.int32(epoch), first_step=np.int32(first_step),
+                       lr_epoch=np.int32(epoch if lr_epoch is None else lr_epoch))
   return sharding.put_global(inputs, epoch_sharding(mesh))
 
 
-def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, stage: int,
-                    images_on_device: bool = True):
-  """The jitted train step of stage 1 or 2, sharded over `mesh`.
+def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
+                    images_on_device: bool = True, step_fns: methods.StepFns | None = None):
+  """The jitted train step of one phase of the configured method, sharded over `mesh`.
 
   With `images_on_device` the step is (state, memories, visible_images (Nv,H,W,3) uint8,
   infrared_images (Ni,H,W,3) uint8, epoch_inputs) -> (state, memories, metrics): images,
@@ -138,31 +154,29 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, stage:
   gathers and augments its share of the batch. Otherwise the images arguments are the step's
   batches themselves, (B,H,W,3) uint8 split along B (each host feeds its own rows: see
   `host_feed`); everything else is the same, so both give the same step.
-  """
-  aug_cfg = augment.AugmentConfig.from_config(config.augment)
-  mean, std = tuple(config.data.mean), tuple(config.data.std)
-  tx = make_optimizer(config.optim)
-  temperature = config.memory.temperature
-  reference_gradients = dict(
-      reference_memory_gradients=config.loss.reference_memory_gradients,
-      momentum=config.memory.momentum)
 
-  def loss_fn(params, batch_stats, memories, view_a, view_b, infrared, y_v, y_i):
-    visible = jnp.concatenate([view_a, view_b])
-    (neck, _), new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, visible,
-                                      infrared, train=True, mutable=['batch_stats'])
-    f_a, f_b, f_r = jnp.split(neck, 3)
-    if stage == 1:
-      loss, metrics = losses.stage1_loss(f_a, f_b, f_r, y_v, y_i, memories, temperature,
-                                         **reference_gradients)
-    else:
-      loss, metrics = losses.stage2_loss(
-          f_a, f_b, f_r, y_v, y_i, memories, temperature, config.loss.alpha, config.loss.beta,
-          unnormalized_cross_logits=config.loss.unnormalized_cross_logits,
-          kl_clamp=config.loss.kl_clamp, **reference_gradients)
+  Args:
+    model: the network (`models.build_model(config.model)`).
+    config: the run's config; `config.method` names the method.
+    mesh: the device mesh.
+    phase: the method's static phase (its `EpochSchedule.phase`, e.g. MBCCM's stage 1 or 2).
+    images_on_device: see above.
+    step_fns: the method's pieces; default `methods.for_config(config).step_fns(config, phase)`.
+  """
+  if step_fns is None:
+    step_fns = methods.for_config(config).step_fns(config, phase)
+  tx = make_optimizer(config.optim)
+
+  def loss_fn(params, batch_stats, memories, visible_inputs, infrared_inputs, y_v, y_i):
+    (neck, _), new_vars = model.apply({'params': params, 'batch_stats': batch_stats},
+                                      visible_inputs, infrared_inputs, train=True,
+                                      mutable=['batch_stats'])
+    num_visible = visible_inputs.shape[0]
+    f_visible, f_infrared = neck[:num_visible], neck[num_visible:]
+    loss, metrics = step_fns.loss(f_visible, f_infrared, y_v, y_i, memories)
     # 'total' is the very value differentiated, so a NaN anywhere in it is seen by the host.
     metrics = dict(metrics, total=loss)
-    return loss, (metrics, new_vars['batch_stats'], (f_a, f_b, f_r))
+    return loss, (metrics, new_vars['batch_stats'], (f_visible, f_infrared))
 
   def train_step(state, memories, visible_images, infrared_images, inputs: EpochInputs):
     row_index = state.step - inputs.first_step
@@ -176,19 +190,14 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, stage:
       visible_batch, infrared_batch = visible_images, infrared_images
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), inputs.epoch),
                              row_index)
-    view_a, view_b, infrared = augment.augment_batch(rng, visible_batch, infrared_batch,
-                                                     aug_cfg, mean, std)
+    visible_inputs, infrared_inputs = step_fns.augment(rng, visible_batch, infrared_batch)
     grads, (metrics, batch_stats, features) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, memories, view_a, view_b, infrared, y_v, y_i)
+        state.params, state.batch_stats, memories, visible_inputs, infrared_inputs, y_v, y_i)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    lr = learning_rate(config.optim, inputs.epoch)
+    lr = learning_rate(config.optim, inputs.lr_epoch)
     updates = jax.tree.map(lambda u: -lr * u, updates)
     params = optax.apply_updates(state.params, updates)
-    # The reference updates the memories in its backward pass, after every logit of the step
-    # was computed with the old tables: updating after the loss gives the same tables (the
-    # gradients it saw from partly updated tables are reference_memory_gradients' business).
-    memories = memory_lib.update_memories(memories, *features, y_v, y_i, stage=stage,
-                                          momentum=config.memory.momentum)
+    memories = step_fns.update_memories(memories, *features, y_v, y_i)
     metrics = dict(metrics, grad_norm=optax.tree_utils.tree_norm(grads))
     return TrainState(state.step + 1, params, batch_stats, opt_state), memories, metrics
 

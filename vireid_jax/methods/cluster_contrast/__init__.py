@@ -1,0 +1,122 @@
+"""ClusterContrast per modality: the single-modality baseline, and the smallest complete method.
+
+Each modality is clustered on its own every epoch (the core's Jaccard + DBSCAN) and trained
+against its own cluster memory, with no cross-modality term at all: MBCCM's stage 1 for the
+whole run (Dai et al., "Cluster Contrast for Unsupervised Person Re-Identification", applied to
+each modality separately, as the USL-VI-ReID papers' baselines do). What it reaches is what
+the cross-modality parts of MBCCM and PGM are measured against.
+
+  memories  one table per modality, rebuilt from the centres every epoch
+  sampler   clusters x instances per modality, drawn independently (vireid_jax/sampling.py)
+  augment   MBCCM's three views: visible A and B of each visible image, one infrared view
+  loss      CE(M_v(f_a), y_v) + CE(M_v(f_b), y_v) + CE(M_i(f_r), y_i)
+  update    after each step, M_v takes f_b then f_a, M_i takes f_r (the momentum update)
+
+It reads MBCCM's settings (`memory`, `sampler`, `augment`, `schedule.epochs`, `eval_every`),
+so `--config.method=cluster_contrast` on any MBCCM config runs the baseline of that
+experiment. docs/new_method.md walks through this file.
+"""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from vireid_jax import augment
+from vireid_jax import memory as memory_lib
+from vireid_jax import methods
+from vireid_jax import sampling
+from vireid_jax.losses import cross_entropy
+
+
+@flax.struct.dataclass
+class Memories:
+  """One cluster memory per modality (rows from `num_*` on are padding, masked out)."""
+  visible: jax.Array  # (K_v, C) float32
+  infrared: jax.Array  # (K_i, C) float32
+  num_visible: jax.Array  # () int32
+  num_infrared: jax.Array  # () int32
+
+
+def validate(config) -> None:
+  del config  # every MBCCM sampler and augmentation setting works here
+
+
+def batch_sizes(config) -> tuple[int, int]:
+  batch = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
+  return batch, batch
+
+
+def schedule(config, epoch: int) -> methods.EpochSchedule:
+  """One stage for the whole run; evaluation every `schedule.eval_every` epochs and at the end."""
+  s = config.schedule
+  return methods.EpochSchedule(
+      epoch=epoch, stage=1, stage_epoch=epoch, phase=1, lr_epoch=epoch,
+      evaluate=(epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs)
+
+
+def associate(config, schedule, clusters, pids):
+  del config, schedule, clusters, pids
+  return {}, {}  # no cross-modality association: that is the point of the baseline
+
+
+def build_memories(config, schedule, clusters, arrays) -> Memories:
+  del config, schedule, arrays
+  tables = []
+  for centers in (clusters.visible_centers, clusters.infrared_centers):
+    padded = memory_lib.pad_rows(centers, memory_lib.memory_capacity(len(centers)))
+    tables.append(memory_lib.normalize_rows(padded))
+  return Memories(visible=tables[0], infrared=tables[1],
+                  num_visible=jnp.int32(len(clusters.visible_centers)),
+                  num_infrared=jnp.int32(len(clusters.infrared_centers)))
+
+
+def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.EpochPlan:
+  del schedule, arrays, train_sets
+  s = config.sampler
+  return sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
+                              s.steps_per_epoch, s.clusters_per_step, s.instances_per_cluster,
+                              rng)
+
+
+def step_fns(config, phase) -> methods.StepFns:
+  del phase  # one phase
+  aug_cfg = augment.AugmentConfig.from_config(config.augment)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  temperature, momentum = config.memory.temperature, config.memory.momentum
+
+  def augment_fn(rng, visible, infrared):
+    view_a, view_b, infrared_view = augment.augment_batch(rng, visible, infrared, aug_cfg,
+                                                          mean, std)
+    return jnp.concatenate([view_a, view_b]), infrared_view
+
+  def loss_fn(f_visible, f_infrared, y_v, y_i, memories):
+    visible_logits = lambda f: memory_lib.memory_logits(f, memories.visible, temperature,
+                                                        num_valid=memories.num_visible)
+    f_a, f_b = jnp.split(f_visible, 2)  # rows [view A; view B] of the same images
+    visible_loss = (cross_entropy(visible_logits(f_a), y_v)
+                    + cross_entropy(visible_logits(f_b), y_v))
+    infrared_loss = cross_entropy(memory_lib.memory_logits(
+        f_infrared, memories.infrared, temperature, num_valid=memories.num_infrared), y_i)
+    return visible_loss + infrared_loss, {'visible': visible_loss, 'infrared': infrared_loss}
+
+  def update_fn(memories, f_visible, f_infrared, y_v, y_i):
+    f_a, f_b = jnp.split(f_visible, 2)
+    visible = memory_lib.update_memory(memories.visible, jnp.concatenate([f_b, f_a]),
+                                       jnp.concatenate([y_v, y_v]), momentum)
+    infrared = memory_lib.update_memory(memories.infrared, f_infrared, y_i, momentum)
+    return memories.replace(visible=visible, infrared=infrared)
+
+  return methods.StepFns(augment=augment_fn, loss=loss_fn, update_memories=update_fn)
+
+
+METHOD = methods.Method(
+    name='cluster_contrast',
+    validate=validate,
+    batch_sizes=batch_sizes,
+    schedule=schedule,
+    associate=associate,
+    build_memories=build_memories,
+    plan_epoch=plan_epoch,
+    step_fns=step_fns,
+    reporting=methods.Reporting(loss_terms=(('visible', 'visible CE'),
+                                            ('infrared', 'infrared CE'))))

@@ -1,0 +1,144 @@
+"""MBCCM: bilateral cross-modality cluster matching (ACM MM 2023), as ../shared/SPEC.md gives it.
+
+Two stages in one run, one optimiser state throughout: epochs before `schedule.stage2_start`
+train each modality against its own memory (stage 1); from there, matched cluster pairs
+(`association.associate`, every epoch) make paired batches, and two modality-agnostic memories
+and a consistency term join the loss (stage 2).
+
+  memories    M_v, M_i, M_vi, M_iv from the centres (memories.py), updated in the reference's
+              order after every step
+  sampler     12 clusters x 12 images per modality; stage 2 pairs position i of both
+              modalities through the match mask (vireid_jax/sampling.py)
+  augment     visible views A (multiplicative rectangles) and B (one channel), infrared
+              (vireid_jax/augment.py)
+  losses      L_ms; + alpha L_ma + beta L_cc in stage 2 (losses.py)
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from vireid_jax import augment
+from vireid_jax import memory as memory_lib
+from vireid_jax import methods
+from vireid_jax import sampling
+from vireid_jax.config import ConfigError
+from vireid_jax.methods.mbccm import association
+from vireid_jax.methods.mbccm import losses
+from vireid_jax.methods.mbccm import memories as memories_lib
+
+
+def validate(config) -> None:
+  if config.sampler.clusters_per_step % 2:
+    raise ConfigError('config.sampler.clusters_per_step must be even: stage 2 draws half of '
+                      'them from each modality')
+
+
+def batch_sizes(config) -> tuple[int, int]:
+  """B visible and B infrared images per step, B = clusters x instances (views come later)."""
+  batch = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
+  return batch, batch
+
+
+def schedule(config, epoch: int) -> methods.EpochSchedule:
+  """Stage 1 before `schedule.stage2_start`, stage 2 after; evaluation every `eval_every`."""
+  s = config.schedule
+  stage = 1 if epoch < s.stage2_start else 2
+  return methods.EpochSchedule(
+      epoch=epoch, stage=stage, stage_epoch=epoch if stage == 1 else epoch - s.stage2_start,
+      phase=stage, lr_epoch=epoch,
+      evaluate=(epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs)
+
+
+def build_memories(config, schedule, clusters, arrays) -> memories_lib.Memories:
+  """M_v, M_i, M_vi, M_iv from the epoch's centres, padded to a power of two."""
+  del config, schedule, arrays
+  num_v, num_i = len(clusters.visible_centers), len(clusters.infrared_centers)
+  return memories_lib.Memories.from_centers(
+      memory_lib.pad_rows(clusters.visible_centers, memory_lib.memory_capacity(num_v)),
+      memory_lib.pad_rows(clusters.infrared_centers, memory_lib.memory_capacity(num_i)),
+      num_visible=num_v, num_infrared=num_i)
+
+
+def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.EpochPlan:
+  """Independent identity batches in stage 1, matched pairs in stage 2."""
+  del train_sets
+  s = config.sampler
+  if schedule.stage == 1:
+    return sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
+                                s.steps_per_epoch, s.clusters_per_step,
+                                s.instances_per_cluster, rng)
+  return sampling.stage2_plan(clusters.visible_labels, clusters.infrared_labels,
+                              arrays['match_mask'], s.steps_per_epoch, s.clusters_per_step,
+                              s.instances_per_cluster, rng)
+
+
+def step_fns(config, stage: int) -> methods.StepFns:
+  """View A and view B of every visible image, one infrared view; the stage's loss."""
+  aug_cfg = augment.AugmentConfig.from_config(config.augment)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  temperature = config.memory.temperature
+  reference_gradients = dict(
+      reference_memory_gradients=config.loss.reference_memory_gradients,
+      momentum=config.memory.momentum)
+
+  def augment_fn(rng, visible, infrared):
+    view_a, view_b, infrared_view = augment.augment_batch(rng, visible, infrared, aug_cfg,
+                                                          mean, std)
+    return jnp.concatenate([view_a, view_b]), infrared_view
+
+  def loss_fn(f_visible, f_infrared, y_v, y_i, memories):
+    f_a, f_b = jnp.split(f_visible, 2)
+    if stage == 1:
+      return losses.stage1_loss(f_a, f_b, f_infrared, y_v, y_i, memories, temperature,
+                                **reference_gradients)
+    return losses.stage2_loss(
+        f_a, f_b, f_infrared, y_v, y_i, memories, temperature, config.loss.alpha,
+        config.loss.beta, unnormalized_cross_logits=config.loss.unnormalized_cross_logits,
+        kl_clamp=config.loss.kl_clamp, **reference_gradients)
+
+  def update_fn(memories, f_visible, f_infrared, y_v, y_i):
+    # The reference updates the memories in its backward pass, after every logit of the step
+    # was computed with the old tables: updating after the loss gives the same tables (the
+    # gradients it saw from partly updated tables are reference_memory_gradients' business).
+    f_a, f_b = jnp.split(f_visible, 2)
+    return memories_lib.update_memories(memories, f_a, f_b, f_infrared, y_v, y_i, stage=stage,
+                                        momentum=config.memory.momentum)
+
+  return methods.StepFns(augment=augment_fn, loss=loss_fn, update_memories=update_fn)
+
+
+def _epoch_line(entry) -> str:
+  text = (f'partners I/V {entry.get("match/mean_partners_infrared", 0):.2f}/'
+          f'{entry.get("match/mean_partners_visible", 0):.2f}')
+  one_to_one = entry.get('match/one_to_one_precision', np.nan)
+  if not np.isnan(one_to_one):  # NaN: no true identities known
+    text += (f'  same-id: 1:1 {one_to_one:.2f} '
+             f'I-partner {entry.get("match/infrared_with_true_partner", np.nan):.2f} '
+             f'pairs {entry.get("match/pair_precision", np.nan):.2f}')
+  return text
+
+
+METHOD = methods.Method(
+    name='mbccm',
+    validate=validate,
+    batch_sizes=batch_sizes,
+    schedule=schedule,
+    associate=association.associate,
+    build_memories=build_memories,
+    plan_epoch=plan_epoch,
+    step_fns=step_fns,
+    reporting=methods.Reporting(
+        loss_terms=(('ms', 'L_ms'), ('ma', 'L_ma'), ('cc', 'L_cc')),
+        association_columns=(
+            ('partners I', 'match/mean_partners_infrared', '.2f'),
+            ('partners V', 'match/mean_partners_visible', '.2f'),
+            ('1:1 same id', 'match/one_to_one_precision', '.3f'),
+            ('I with same-id partner', 'match/infrared_with_true_partner', '.3f'),
+            ('pairs same id', 'match/pair_precision', '.3f')),
+        association_quality=(
+            ('match/one_to_one_precision', 'one-to-one partner same id'),
+            ('match/infrared_with_true_partner', 'infrared clusters with a same-id partner'),
+            ('match/pair_precision', 'matched pairs sharing an id')),
+        association_counts=(('match/mean_partners_infrared', 'partners / infrared cluster'),
+                            ('match/mean_partners_visible', 'partners / visible cluster')),
+        epoch_line=_epoch_line))
