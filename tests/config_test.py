@@ -32,7 +32,9 @@ def test_llcm_config_keeps_the_sysu_settings_but_the_dataset():
 
 
 @pytest.mark.parametrize('field,value', [('data.dataset', 'llcm2'),
-                                         ('eval.llcm_setting', 'thermal_to_visible')])
+                                         ('eval.llcm_setting', 'thermal_to_visible'),
+                                         ('data.train_resize', 'bilinear'),
+                                         ('cluster.rank_by', 'cosine')])
 def test_unknown_choices_name_the_field(field, value):
   config = load('llcm')
   config.data.root = '/data'

@@ -31,6 +31,15 @@ def _decode_independently(path, height, width):
     return np.asarray(image.convert('RGB').resize((width, height), Image.LANCZOS))
 
 
+def _torchvision_bicubic(path, height, width):
+  """PGM's training resize: PIL `.convert('RGB')` (PP:30,56), then torchvision 0.9.2
+  `Resize((height, width), interpolation=3)`, which on a PIL image is `img.resize(size[::-1],
+  interpolation)` with PIL's filter 3 = BICUBIC."""
+  with Image.open(path) as image:
+    size = (height, width)
+    return np.asarray(image.convert('RGB').resize(size[::-1], 3))
+
+
 def _prepared_dirs(cache):
   return sorted(os.path.relpath(parent, cache) for parent, _, names in os.walk(cache)
                 if 'dataset_info.json' in names)
@@ -60,6 +69,55 @@ def test_sysu_round_trip_gives_identical_pixels_and_labels(tmp_path):
   info = os.path.join(path, 'dataset_info.json')
   mtime = os.path.getmtime(info)
   assert data.prepare(cfg) == path and os.path.getmtime(info) == mtime
+
+
+def test_bicubic_training_cache_lives_beside_the_lanczos_one(tmp_path):
+  synthetic.write_sysu(str(tmp_path), num_ids=6, images_per_camera=2, image_size=(40, 20))
+  folder = str(tmp_path / 'SYSU-MM01')
+  lanczos_cfg, bicubic_cfg = _data_cfg(tmp_path), _data_cfg(tmp_path, train_resize='bicubic')
+  lanczos_path = data.prepare(lanczos_cfg)
+  bicubic_path = data.prepare(bicubic_cfg)
+  assert lanczos_path != bicubic_path
+  names = [p.split(os.sep)[1] for p in _prepared_dirs(str(tmp_path / 'vireid_jax_cache'))]
+  assert len(names) == 2 and names[0].startswith('raw_24x12_synthetic')  # the key it always had
+  assert names[1] == names[0].replace('raw_24x12', 'raw_24x12_trainbicubic')
+  for split, resize in (('train', _torchvision_bicubic), ('test', _decode_independently)):
+    load = data.load_train if split == 'train' else data.load_test
+    bicubic_sets, lanczos_sets = load(bicubic_cfg), load(lanczos_cfg)
+    for bicubic, lanczos, listed in zip(bicubic_sets, lanczos_sets,
+                                        sysu.list_split(folder, 'raw', split)):
+      np.testing.assert_array_equal(bicubic.paths, listed.paths)
+      np.testing.assert_array_equal(bicubic.pids, listed.pids)
+      expected = np.stack([resize(os.path.join(folder, p), 24, 12) for p in listed.paths])
+      np.testing.assert_array_equal(bicubic.images, expected)
+      lanczos_expected = np.stack([_decode_independently(os.path.join(folder, p), 24, 12)
+                                   for p in listed.paths])
+      np.testing.assert_array_equal(lanczos.images, lanczos_expected)
+      if split == 'train':  # the filters differ on these images: the test can tell them apart
+        assert not np.array_equal(bicubic.images, lanczos.images)
+      else:  # test images are Lanczos in both copies
+        np.testing.assert_array_equal(bicubic.images, lanczos.images)
+  # Both copies stay: asking again prepares neither.
+  assert data.prepare(lanczos_cfg) == lanczos_path and data.prepare(bicubic_cfg) == bicubic_path
+  with pytest.raises(data.DatasetError, match=r'train_resize = .bilinear.*lanczos.*bicubic'):
+    data.prepare(_data_cfg(tmp_path, train_resize='bilinear'))
+
+
+@pytest.mark.parametrize('mode', ['L', 'P', 'RGB'])
+def test_bicubic_decode_equals_pil_on_the_rgb_image(tmp_path, mode):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (37, 19, 3), dtype=np.uint8)
+  image = Image.fromarray(pixels).convert(mode) if mode != 'P' else Image.fromarray(
+      pixels).quantize(16)
+  path = str(tmp_path / f'image_{mode}.png')
+  image.save(path)
+  decoded = decode.decode_resize(path, 24, 12, resample='bicubic')
+  np.testing.assert_array_equal(decoded, _torchvision_bicubic(path, 24, 12))
+  assert decoded.shape == (24, 12, 3) and decoded.dtype == np.uint8
+  same_size = decode.decode_resize(path, 37, 19, resample='bicubic')  # no resize: PIL copies
+  np.testing.assert_array_equal(same_size, _torchvision_bicubic(path, 37, 19))
+  with pytest.raises(ValueError, match='resample'):
+    decode.decode_resize(path, 24, 12, resample='cubic')
 
 
 def test_regdb_cache_is_keyed_by_trial_and_size(tmp_path):

@@ -47,6 +47,29 @@ def test_sharded_padded_batches_equal_one_direct_call(setup, modality, flip):
   np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize('modality', [VISIBLE, INFRARED])
+def test_clustering_flip_is_the_plain_mean_of_the_unit_features(setup, modality):
+  """renormalize=False: (f(x) + f(flip x)) / 2 of the per-image unit features, not renormalised
+  (PGM's clustering features, EV:43-49)."""
+  config, model, variables, images = setup
+  mesh = sharding.make_mesh()
+  fn = extract.make_extract_fn(model, config.data.mean, config.data.std, flip=True,
+                               renormalize=False)
+  features = extract.extract_features(fn, sharding.put_replicated(variables, mesh), images,
+                                      modality, batch_size=5, mesh=mesh, progress=False)
+  # Independently: each image and its mirror through the network one by one, then numpy.
+  plain = direct(model, variables, images, modality, config).astype(np.float64)
+  mirrored = direct(model, variables, np.ascontiguousarray(images[:, :, ::-1]), modality,
+                    config).astype(np.float64)
+  np.testing.assert_allclose(np.linalg.norm(plain, axis=1), 1.0, rtol=1e-5)
+  expected = (plain + mirrored) / 2
+  np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+  norms = np.linalg.norm(features, axis=1)
+  # Not renormalised: |mean| = cos(half the angle between f(x) and f(flip x)) < 1.
+  np.testing.assert_allclose(norms, np.linalg.norm(expected, axis=1), rtol=1e-5)
+  assert norms.max() < 1 - 1e-4 and norms.min() > 0
+
+
 def test_unknown_modality_is_rejected(setup):
   config, model, variables, images = setup
   fn = extract.make_extract_fn(model, config.data.mean, config.data.std, False)

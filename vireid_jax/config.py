@@ -27,8 +27,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.cache_dir = ''  # prepared uint8 arrays; '' -> <root>/vireid_jax_cache
   config.data.synthetic = False  # True: generate the synthetic set into root when missing
   config.data.synthetic_ids = 0  # identities of the synthetic set (0 -> generator default)
-  config.data.image_height = 288  # every image resized once to 288x144 (Lanczos)
+  config.data.image_height = 288  # every image resized once to 288x144 (test images: Lanczos)
   config.data.image_width = 144
+  # Filter of the training images (those clustered and trained on): 'lanczos' (MBCCM, as its
+  # test images) | 'bicubic' (PGM: torchvision Resize(interpolation=3), TS:106,408; its test
+  # images stay Lanczos, TS:138, quirk 13). Bicubic is a second cache beside the Lanczos one.
+  config.data.train_resize = 'lanczos'
   config.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation
   config.data.std = (0.229, 0.224, 0.225)
   config.data.trial = 1  # RegDB split 1..10 (each a separate training run)
@@ -61,6 +65,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.cluster.k2 = 6  # local query expansion
   config.cluster.eps = 0.6  # DBSCAN eps: 0.6 SYSU, 0.3 RegDB
   config.cluster.min_samples = 4  # DBSCAN min_samples
+  # The features clustered: f(x), or with `flip` the mean with the mirror image, renormalised
+  # (`renormalize`, as eval.flip) or not. PGM: flip=True, renormalize=False, i.e.
+  # (f(x) + f(flip x)) / 2 with norms below 1 (EV:43-49, PGM.md quirk 6).
+  config.cluster.flip = False
+  config.cluster.renormalize = True
+  # Jaccard neighbour ranking: 'dot' (unit features, renormalised if they drift; MBCCM) | 'l2'
+  # (features as given, true squared L2 as faiss IndexFlatL2, weights from raw dot products;
+  # PGM's compute_jaccard_distance(search_option=3) on its non-unit features, FR:58-85).
+  config.cluster.rank_by = 'dot'
   # True: use the true identities as clusters and matches (supervised upper bound, for
   # studies on labelled data; never the paper's setting).
   config.cluster.oracle = False
@@ -191,9 +204,11 @@ class ConfigError(ValueError):
 _CHOICES = {
     'data.dataset': ('sysu', 'regdb', 'llcm'),
     'data.layout': ('auto', 'raw', 'market'),
+    'data.train_resize': ('lanczos', 'bicubic'),
     'model.block': ('bottleneck', 'basic'),
     'model.dtype': ('auto', 'float32', 'bfloat16'),
     'cluster.on_no_clusters': ('stop', 'skip'),
+    'cluster.rank_by': ('dot', 'l2'),
     'eval.sysu_mode': ('all', 'indoor'),
     'eval.llcm_setting': ('infrared_to_visible', 'visible_to_infrared'),
 }

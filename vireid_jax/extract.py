@@ -33,8 +33,18 @@ class ExtractFns(NamedTuple):
   from_resident: Callable
 
 
-def make_extract_fn(model, mean, std, flip: bool) -> ExtractFns:
-  """Jitted L2-normalised eval features of a batch (flip-averaged with `flip`)."""
+def make_extract_fn(model, mean, std, flip: bool, renormalize: bool = True) -> ExtractFns:
+  """Jitted eval features of a batch: the network's L2-normalised features f(x).
+
+  Args:
+    model: the two-stream network (eval mode returns neck / |neck|).
+    mean, std: per-channel normalisation of the uint8 pixels.
+    flip: average with the mirror image's features, f(x) + f(flip x).
+    renormalize: with `flip`, L2-normalise that sum: l2norm(f(x) + f(flip x)), the usual
+      re-id flip test (MBCCM's `eval.flip`, PGM's test features, TS:235-242). False keeps the
+      plain mean (f(x) + f(flip x)) / 2, whose norm is cos(angle / 2) <= 1: PGM's clustering
+      features, never renormalised (EV:43-49, PGM.md quirk 6). Ignored without `flip`.
+  """
 
   def features_of(variables, batch, modality):
     batch = augment.normalize(batch, mean, std)
@@ -45,8 +55,9 @@ def make_extract_fn(model, mean, std, flip: bool) -> ExtractFns:
       return model.apply(variables, None, x, train=False)
 
     features = forward(batch)
-    if flip:  # average with the mirror image, then renormalise (the usual re-id flip test)
-      features = models.l2_normalize(features + forward(batch[:, :, ::-1, :]))
+    if flip:
+      total = features + forward(batch[:, :, ::-1, :])
+      features = models.l2_normalize(total) if renormalize else total / 2
     return features
 
   jit = functools.partial(jax.jit, static_argnames=('modality',))
@@ -59,7 +70,7 @@ def make_extract_fn(model, mean, std, flip: bool) -> ExtractFns:
 def extract_features(extract_fns: ExtractFns, variables, images, modality: str,
                      batch_size: int, mesh: Mesh, desc: str = '',
                      progress: bool = True) -> np.ndarray:
-  """L2-normalised eval features of every image, in order, on every process.
+  """Eval features of every image (as `make_extract_fn` made them), in order, on every process.
 
   Args:
     extract_fns: from `make_extract_fn`.

@@ -6,7 +6,9 @@
   match = mbccm_match(centers_visible, centers_infrared)                  # match.mask (K_i, K_v)
 
 `cluster_features` runs the first three for one modality and raises `NoClustersError` when
-every sample is an outlier.
+every sample is an outlier. PGM clusters un-renormalised flip-mean features: it passes
+`rank_by='l2'` (true squared-L2 neighbours, raw dot-product weights, FR:58-85) and keeps the
+plain means (`cluster_centers(..., normalize=False)`).
 """
 
 from vireid_jax.clustering.diagnostics import cluster_diagnostics

@@ -2,7 +2,7 @@
 
 The same numbers as the reference's `compute_jaccard_distance` (SPEC.md step 2), computed
 without an N x N array:
-  1. neighbour table R: the k1 most similar rows of each row, itself included (k1 columns, as
+  1. neighbour table R: the k1 nearest rows of each row, itself included (k1 columns, as
      the reference's faiss search returns, so its `k1 + 1` slices see k1 entries);
   2. k-reciprocal sets K(i) = {j in R(i) : i in R(j)}, and the half sets H(i) on the first
      round(k1 / 2) + 1 columns;
@@ -12,6 +12,14 @@ without an N x N array:
   6. d(i, j) = 1 - m / (2 - m), m = sum_c min(V_qe[i, c], V_qe[j, c]), clipped at 0.
 Steps 2 and 5 are numpy/scipy array algebra; 3-4 and the min-sum of 6 (over the inverted
 index, upper triangle only, then mirrored) are compiled loops in `kernels.py`.
+
+Two readings of the features (`rank_by`):
+  'dot' (MBCCM): the rows are unit vectors (renormalised here if they drift, as bf16 features
+    do), and R ranks by x.y, which on unit rows is the reference's L2 ranking.
+  'l2' (PGM, `search_option=3`): the rows are taken as given, of any norm: R ranks by the true
+    squared distance (faiss IndexFlatL2, FR:58-62) and step 4 uses their raw dot products,
+    softmax(-(2 - 2 x.y)) although they are not unit vectors (FR:81-85), exactly as the
+    reference does with PGM's un-renormalised flip-averaged features (PGM.md quirk 6).
 """
 
 import numba
@@ -43,25 +51,32 @@ def reciprocal_mask(neighbor_index: np.ndarray, columns: int) -> np.ndarray:
 
 
 def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6,
-                     max_distance: float = 1.0) -> scipy.sparse.csr_matrix:
+                     max_distance: float = 1.0,
+                     rank_by: str = 'dot') -> scipy.sparse.csr_matrix:
   """The k-reciprocal Jaccard distance of every pair within max_distance.
 
   Args:
-    features: (N, D) float32, L2-normalised rows (rows that are not are normalised here).
+    features: (N, D) float32. rank_by='dot': L2-normalised rows (rows that are not are
+      normalised here); 'l2': used as given.
     k1: neighbours of the k-reciprocal sets (the table holds min(k1, N) columns, self included).
     k2: rows averaged by the local query expansion (self included), at most the table width.
     max_distance: keep pairs at most this far; DBSCAN needs only its eps (much sparser).
+    rank_by: 'dot' (MBCCM: unit rows, neighbours by dot product) or 'l2' (PGM: rows as given,
+      neighbours by true squared L2, weights from their raw dot products); see the module doc.
 
   Returns:
     (N, N) float32 csr_matrix, symmetric, sorted rows. Every pair at distance <= max_distance
     and < 1 is stored explicitly, zeros included (the diagonal); a missing pair is farther than
     max_distance, or at exactly 1 (no shared neighbour).
   """
-  features = _checked_features(features)
+  if rank_by not in neighbors.RANKINGS:
+    raise ValueError(f'rank_by must be one of {neighbors.RANKINGS}, got {rank_by!r}')
+  features = _checked_features(features, unit_rows=rank_by == 'dot')
   if k1 < 1 or k2 < 1:
     raise ValueError(f'k1 and k2 must be >= 1, got k1={k1}, k2={k2}')
   k = min(k1, len(features))
-  neighbor_index, neighbor_similarities = neighbors.nearest_neighbors(features, k)
+  neighbor_index, neighbor_similarities = neighbors.nearest_neighbors(features, k,
+                                                                      rank_by=rank_by)
   return jaccard_from_neighbors(features, neighbor_index, neighbor_similarities, k1, k2,
                                 max_distance)
 
@@ -72,7 +87,7 @@ def jaccard_from_neighbors(features: np.ndarray, neighbor_index: np.ndarray,
   """`jaccard_distance` from a precomputed neighbour table (steps 2-6).
 
   Args:
-    features: (N, D) float32, L2-normalised.
+    features: (N, D) float32 whose raw dot products give the weights (unit rows for MBCCM).
     neighbor_index: (N, k) int table from `nearest_neighbors`, k = min(k1, N).
     neighbor_similarities: (N, k) float32 dot products of the table entries.
     k1, k2, max_distance: as in `jaccard_distance`.
@@ -92,16 +107,20 @@ def jaccard_from_neighbors(features: np.ndarray, neighbor_index: np.ndarray,
   return _min_sum_distance(weights, max_distance)
 
 
-def _checked_features(features: np.ndarray) -> np.ndarray:
-  """(N, D) float32 unit rows: renormalised if they drift (bf16 features do by ~1e-3)."""
+def _checked_features(features: np.ndarray, unit_rows: bool = True) -> np.ndarray:
+  """(N, D) float32 finite rows; with `unit_rows`, unit rows: renormalised if they drift (bf16
+  features do by ~1e-3)."""
   features = np.ascontiguousarray(features, dtype=np.float32)
   if features.ndim != 2 or len(features) == 0:
     raise ValueError(f'features must be a non-empty (N, D) array, got shape {features.shape}')
   norms = np.sqrt(np.einsum('ij,ij->i', features, features))  # no (N, D) temporary
-  if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+  bad = np.flatnonzero(~np.isfinite(norms) | ((norms == 0) & unit_rows))
+  if len(bad):
     raise ValueError(f'{len(bad)} feature rows are zero or not finite (first: row {bad[0]}); '
-                     'the Jaccard distance needs L2-normalised features')
+                     'the Jaccard distance needs finite (with rank_by="dot": L2-normalised) '
+                     'features')
+  if not unit_rows:
+    return features
   if np.max(np.abs(norms - 1)) > 1e-4:
     features = features / norms[:, None]
   return features

@@ -26,8 +26,8 @@ def expanded_weights(features, neighbor_index, neighbor_similarities, reciprocal
   """Rows of V: softmax(-(2 - 2 x_i.x_j)) over the expanded k-reciprocal set of each i.
 
   Args:
-    features: (N, D) float32, L2-normalised.
-    neighbor_index: (N, k) int32 neighbour table, most similar first.
+    features: (N, D) float32, as the weights take them (unit rows for MBCCM; PGM's are not).
+    neighbor_index: (N, k) int32 neighbour table, nearest first.
     neighbor_similarities: (N, k) float32, x_i . x_j for the table entries.
     reciprocal: (N, k) bool, j = table[i, c] is in R(i) (i is in j's table row too).
     half_reciprocal: (N, h) bool, the same for the first h columns (the k1/2 sets).

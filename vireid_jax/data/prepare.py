@@ -3,9 +3,10 @@
 `prepare(data_cfg)` decodes and resizes every image of the dataset once into a TFDS dataset
 under `cache_dir` (see tfds_builders.py); `load_train` / `load_test` read a split of it into
 host memory as `ImageSet`s, preparing first when needed. The cache is keyed by dataset, layout
-(SYSU-MM01) or trial (RegDB), image size and, for the synthetic set, its generation settings;
-changing any of them prepares a new copy beside the old one. Preparation reads the dataset
-folder, not the cache, so delete `cache_dir` to re-prepare after changing the files themselves.
+(SYSU-MM01) or trial (RegDB), image size, the training images' resize filter (`train_resize`,
+named in the key unless Lanczos) and, for the synthetic set, its generation settings; changing
+any of them prepares a new copy beside the old one. Preparation reads the dataset folder, not
+the cache, so delete `cache_dir` to re-prepare after changing the files themselves.
 """
 
 import os
@@ -108,10 +109,24 @@ def find_dataset(data_cfg, generate: bool = True) -> tuple[str, str]:
   return dataset_dir, layout
 
 
+def train_resize(data_cfg) -> str:
+  """config.data.train_resize ('lanczos' when a config predates it), checked."""
+  from vireid_jax.data import decode  # pylint: disable=g-import-not-at-top
+  name = data_cfg.get('train_resize', 'lanczos')
+  if name not in decode.RESAMPLING:
+    raise DatasetError(f'config.data.train_resize = {name!r}: expected one of '
+                       f'{tuple(decode.RESAMPLING)} (bicubic: PGM, lanczos: MBCCM)')
+  return name
+
+
 def cache_key(data_cfg, dataset_dir: str, layout: str) -> str:
-  """The name of the prepared copy: layout or trial, image size, synthetic settings."""
+  """The name of the prepared copy: layout or trial, image size, training-image filter,
+  synthetic settings."""
   size = f'{data_cfg.image_height}x{data_cfg.image_width}'
   key = f'trial{data_cfg.trial}_{size}' if data_cfg.dataset == 'regdb' else f'{layout}_{size}'
+  resize = train_resize(data_cfg)
+  if resize != 'lanczos':  # Lanczos copies keep the keys they had before this setting existed
+    key += f'_train{resize}'
   marker = synthetic.read_marker(dataset_dir)
   if marker is not None:  # never mix up a synthetic set with a real one, or two synthetic sets
     key += f'_synthetic{marker["num_ids"]}ids_seed{marker["seed"]}_v{marker["version"]}'
@@ -138,7 +153,7 @@ def _builder(data_cfg, generate: bool = True):
   config = tfds_builders.PreparedConfig(
       name=cache_key(data_cfg, dataset_dir, layout), image_height=data_cfg.image_height,
       image_width=data_cfg.image_width, layout=layout if data_cfg.dataset == 'sysu' else '',
-      trial=data_cfg.trial)
+      trial=data_cfg.trial, train_resize=train_resize(data_cfg))
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # TFDS warns that a custom config is in use: it is ours
   try:

@@ -8,8 +8,10 @@ i-th example of a split is the i-th file the reader listed.
 
 This needs no TensorFlow: tensorflow-datasets 4.9 builds array_record datasets and reads them
 back with `as_data_source` in pure Python + NumPy. A BuilderConfig per (layout or trial, image
-size) keeps differently prepared copies apart. TFDS writes into an `incomplete.*` folder and
-renames it when every split is written, so an interrupted preparation is never read.
+size, training-image filter) keeps differently prepared copies apart: test images are always
+resized with Lanczos, training images with `train_resize` (Lanczos for MBCCM, bicubic for PGM).
+TFDS writes into an `incomplete.*` folder and renames it when every split is written, so an
+interrupted preparation is never read.
 """
 
 import dataclasses
@@ -39,11 +41,14 @@ class PreparedConfig(tfds.core.BuilderConfig):
     image_height, image_width: every image is resized to this.
     layout: SYSU-MM01 folder layout ('raw' | 'market'); unused for RegDB and LLCM.
     trial: RegDB split 1..10; unused for SYSU-MM01 and LLCM.
+    train_resize: the filter of the training splits, 'lanczos' | 'bicubic' (decode.RESAMPLING);
+      the test splits are always Lanczos.
   """
   image_height: int = 288
   image_width: int = 144
   layout: str = 'raw'
   trial: int = 1
+  train_resize: str = 'lanczos'
 
 
 class _PreparedReidDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -104,7 +109,8 @@ class _PreparedReidDataset(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     paths = (os.path.join(file_list.root, p) for p in file_list.paths)
     images = decode.decode_images(
         paths, config.image_height, config.image_width, num_workers=self._num_workers,
-        desc=f'{self.DISPLAY_NAME} {split}', total=len(file_list))
+        desc=f'{self.DISPLAY_NAME} {split}', total=len(file_list),
+        resample=config.train_resize if split.startswith('train') else 'lanczos')
     for index, image in enumerate(images):
       yield index, {'image': image, 'pid': int(file_list.pids[index]),
                     'camera': int(file_list.cams[index]), 'modality': file_list.modality,
