@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from vireid_jax.clustering import pgm_match
+torch = pytest.importorskip('torch', reason='torch is not installed: the check against the '
+                            "reference's matching needs it (pip install -r requirements-test.txt)")
+import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+from vireid_jax.clustering import pgm_match  # pylint: disable=g-import-not-at-top
 
 
 def _reference_pgm(cluster_features_rgb, cluster_features_ir):
