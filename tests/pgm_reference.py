@@ -127,8 +127,11 @@ def memory(table, use_hard, temp=0.05, momentum=0.2):
 
 
 def reference_step(f_out_rgb, f_out_ir, labels_rgb, labels_ir, memory_rgb, memory_ir, epoch,
-                   i2r=None, r2i=None):
+                   i2r=None, r2i=None, drop_unmatched=False):
   """trainers.py:76-104 from the network's outputs on; `i2r`, `r2i` dicts (or None).
+
+  `drop_unmatched=True` is NOT the reference (which raises KeyError on a missing key): rows whose
+  label has a partner of -1 are left out of the cross call, the behaviour vireid_jax defines.
 
   Args:
     f_out_rgb: (2B, C) numpy visible features [view A; view B].
@@ -157,7 +160,14 @@ def reference_step(f_out_rgb, f_out_ir, labels_rgb, labels_ir, memory_rgb, memor
     alternate = True
     if alternate:
       # accl
-      if epoch % 2 == 1:
+      if drop_unmatched:
+        if epoch % 2 == 1:
+          keep = ir2rgb_labels >= 0
+          cross_loss = 1 * memory_rgb(f_out_ir[keep], ir2rgb_labels[keep].long())
+        else:
+          keep = rgb2ir_labels >= 0
+          cross_loss = 1 * memory_ir(f_out_rgb[keep], rgb2ir_labels[keep].long())
+      elif epoch % 2 == 1:
         cross_loss = 1 * memory_rgb(f_out_ir, ir2rgb_labels.long())
       else:
         cross_loss = 1 * memory_ir(f_out_rgb, rgb2ir_labels.long())
