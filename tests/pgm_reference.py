@@ -75,7 +75,8 @@ class CM_Hard(autograd.Function):
         distances.append(distance.cpu().numpy())
 
       median = np.argmin(np.array(distances))
-      ctx.features[index] = ctx.features[index] * ctx.momentum + (1 - ctx.momentum) * features[median]
+      ctx.features[index] = (ctx.features[index] * ctx.momentum
+                             + (1 - ctx.momentum) * features[median])
       ctx.features[index] /= ctx.features[index].norm()
 
     return grad_inputs, None, None, None
