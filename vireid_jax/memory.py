@@ -190,6 +190,40 @@ def update_memory_by_rank(centers: jax.Array, features: jax.Array, labels: jax.A
   return centers.at[group_label].set(rows, mode='drop')
 
 
+def update_memory_hard(centers: jax.Array, features: jax.Array, labels: jax.Array,
+                       momentum: float) -> jax.Array:
+  """PGM's hard momentum update (the reference's CM_Hard): one update per label, hardest member.
+
+  For every label y present in the batch, x* = the member least similar to the row as it is
+  before the update (lowest cosine; the first such member in batch order on ties), then
+  m_y <- momentum * m_y + (1 - momentum) * x*, m_y <- m_y / |m_y| (no eps). Rows never interact,
+  so this is one masked reduction per label (segment ops), no loop.
+
+  Args:
+    centers: (K, C) float32 memory table.
+    features: (N, C) features, normalised here before they are compared and written.
+    labels: (N,) int memory row of each sample; a label outside [0, K) skips the sample.
+    momentum: weight of the old row (0.2 in PGM).
+
+  Returns:
+    (K, C) float32 updated table; rows with no sample are unchanged.
+  """
+  centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
+  features = l2_normalize(jax.lax.stop_gradient(features), dtype=jnp.float32)
+  num_rows, num_samples = centers.shape[0], features.shape[0]
+  labels = labels.astype(jnp.int32)
+  valid = (labels >= 0) & (labels < num_rows)
+  rows = jnp.where(valid, labels, num_rows)  # segment K collects the skipped samples
+  similarity = jnp.sum(features * centers[jnp.minimum(rows, num_rows - 1)], axis=-1)
+  lowest = jax.ops.segment_min(similarity, rows, num_segments=num_rows + 1)
+  is_hardest = similarity == lowest[rows]
+  sample = jnp.where(is_hardest, jnp.arange(num_samples), num_samples)
+  hardest = jax.ops.segment_min(sample, rows, num_segments=num_rows + 1)[:num_rows]
+  present = hardest < num_samples
+  updated = _momentum_step(centers, features[jnp.minimum(hardest, num_samples - 1)], momentum)
+  return jnp.where(present[:, None], updated, centers)
+
+
 def update_memory(centers: jax.Array, features: jax.Array, labels: jax.Array, momentum: float,
                   *, method: str = 'auto') -> jax.Array:
   """Momentum-updates `centers` with each (normalised feature, label), one at a time, in order.
