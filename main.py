@@ -8,9 +8,12 @@ r"""Command line of vireid_jax: parse flags and the config, then dispatch on --m
   python main.py --mode aggregate --workdir runs/regdb                     # RegDB trials 1-10
 
 Any config field can be overridden with --config.<path>=<value>; a mistyped path is an error
-that names it. One run over several processes (hosts): start every process with the same
-command plus --coordinator_address=HOST:PORT --num_processes=N --process_id=I (under SLURM,
-Open MPI or on a Cloud TPU pod they are found automatically); see README "Multi-host".
+that names it. Training starts from torchvision's ImageNet ResNet-50, found in PyTorch's cache
+or downloaded before any data is read (--config.model.pretrained=/path/to/resnet50.pth for a
+file of your own, =none for random weights). One run over several processes (hosts): start
+every process with the same command plus --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I (under SLURM, Open MPI or on a Cloud TPU pod they are found automatically); see
+README "Multi-host".
 """
 
 import ast
@@ -113,9 +116,11 @@ def _raised_on_every_process(error: BaseException, multihost) -> bool:
   from vireid_jax import config as config_lib
   from vireid_jax import run_lock
   from vireid_jax import train as train_lib
+  from vireid_jax.models import imagenet
   return isinstance(error, (train_lib.RunStopped, train_lib.TrainingDiverged,
                             train_lib.NoClustersStop, multihost.MainProcessFailed,
-                            run_lock.WorkdirLocked, config_lib.ConfigError))
+                            run_lock.WorkdirLocked, config_lib.ConfigError,
+                            imagenet.WeightsUnavailable))
 
 
 def _run(mode: str, config, workdir: str, multihost) -> None:
@@ -139,6 +144,13 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
   if not workdir:
     _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')
   if mode == 'train':
+    from vireid_jax import checkpoint
+    from vireid_jax import initial_weights
+    if not (checkpoint.epochs(workdir, checkpoint.LATEST) or
+            checkpoint.epochs(workdir, checkpoint.BEST)):
+      # A fresh start: its weights before any data, so a run that cannot get them (offline,
+      # a wrong path) stops at once. A resumed run takes them from its checkpoint.
+      config = initial_weights.resolved_config(config)
     train_lib.train_and_evaluate(config, workdir)
     console.line(evaluate_lib.summary_after_training(workdir))
   else:
@@ -157,6 +169,7 @@ def _report(error: BaseException, multihost) -> int:
   from vireid_jax import data as data_lib
   from vireid_jax import run_lock
   from vireid_jax import train as train_lib
+  from vireid_jax.models import imagenet
   from vireid_jax.models import weights as weights_lib
 
   if isinstance(error, train_lib.RunStopped):
@@ -177,12 +190,13 @@ def _report(error: BaseException, multihost) -> int:
           file=sys.stderr, flush=True)
     return 1
   known = (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
-           ImportError, train_lib.TrainingDiverged, train_lib.NoClustersStop,
-           checkpoint.CheckpointError, run_lock.WorkdirLocked, FileNotFoundError, OSError)
+           weights_lib.WeightsFileError, imagenet.WeightsUnavailable, ImportError,
+           train_lib.TrainingDiverged, train_lib.NoClustersStop, checkpoint.CheckpointError,
+           run_lock.WorkdirLocked, FileNotFoundError, OSError)
   if isinstance(error, known):
     # The same error stops every process; one line from process 0 is enough, except for
-    # errors of one process alone (its own files).
-    if multihost.is_main() or isinstance(error, OSError):
+    # errors of one process alone (its own files, its own download).
+    if multihost.is_main() or isinstance(error, (OSError, imagenet.WeightsUnavailable)):
       print(f'error: {error}', file=sys.stderr, flush=True)
     return 1
   import traceback  # an unexpected error is a bug: its traceback is what a report needs

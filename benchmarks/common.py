@@ -61,6 +61,7 @@ def make_config(args: argparse.Namespace):
   config.model.block = args.block
   config.model.stage_sizes = tuple(args.stage_sizes)
   config.model.dtype = args.dtype
+  config.model.pretrained = 'none'  # timings do not depend on the weights
   config.sampler.clusters_per_step = args.clusters
   config.sampler.instances_per_cluster = args.instances
   if args.pad is not None:

@@ -95,7 +95,7 @@ def main(argv=None) -> list[dict]:
   infrared_images = sharding.put_replicated(
       common.random_images(args.num_infrared, height, width, seed=args.seed + 1), mesh)
   images_mb = (visible_images.nbytes + infrared_images.nbytes) / 2**20
-  state = train_state.create_train_state(config, model, mesh)
+  state = train_state.create_train_state(config, model, mesh, say=common.log)
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
                                               tuple(config.data.std), config.eval.flip)
   epoch_offset = common.first_epoch_of_stage(config, args.stage)

@@ -51,7 +51,7 @@ def main(argv=None) -> list[dict]:
   height, width = args.image_size
   images = sharding.put_replicated(
       common.random_images(args.num_images, height, width, seed=args.seed), mesh)
-  state = train_state.create_train_state(config, model, mesh)
+  state = train_state.create_train_state(config, model, mesh, say=common.log)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   del state
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),

@@ -150,7 +150,7 @@ def main(argv=None) -> list[dict]:
       for seed in (args.seed, args.seed + 1))
   clusters = common.synthetic_clusters(args.num_images, args.num_images, *args.memory_clusters,
                                        dim=model.num_features, seed=args.seed, config=config)
-  state = train_state.create_train_state(config, model, mesh)
+  state = train_state.create_train_state(config, model, mesh, say=common.log)
   context = dict(common.device_description(), precision=common.precision(config))
   records = []
   for stage in args.stage:

@@ -1,8 +1,7 @@
 r"""MBCCM on LLCM (the low-light visible-infrared benchmark of Zhang and Wang, CVPR 2023).
 
   python main.py --mode prepare --config configs/llcm.py --config.data.root /data  # optional
-  python main.py --config configs/llcm.py --workdir runs/llcm --config.data.root /data \
-      --config.model.pretrained=/weights/resnet50-19c8e357.pth
+  python main.py --config configs/llcm.py --workdir runs/llcm --config.data.root /data
   python main.py --config configs/llcm.py --workdir runs/llcm --config.data.root /data \
       --mode eval
 
@@ -22,7 +21,9 @@ from:
   * eval.llcm_setting = 'infrared_to_visible': the LLCM authors' default direction selects the
     best checkpoint; eval.train_trials = (0,) during training as for SYSU-MM01 (the authors'
     train.py also evaluates gallery draw 0), eval.trials = 0-9 in --mode eval.
-80 epochs x 300 steps of 432 images, as for SYSU-MM01. Without the real data,
+80 epochs x 300 steps of 432 images, as for SYSU-MM01. Like configs/sysu.py it starts from
+torchvision's ImageNet ResNet-50 (found in PyTorch's cache or downloaded before any data is
+read; offline, --config.model.pretrained=/path/to/resnet50.pth or =none). Without the real data,
 `--config.data.synthetic=True --config.data.root=data/synthetic` generates a small synthetic
 LLCM there (36 identities, low-light visible images); `configs/demo.py` with
 `--config.data.dataset=llcm` runs the CPU-sized experiment on it.

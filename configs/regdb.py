@@ -6,6 +6,11 @@ r"""MBCCM on RegDB, one trial (SPEC.md); the standard report averages trials 1-1
 `/data` holds `RegDB/` with Visible/, Thermal/ and idx/. Each trial is its own training run;
 `python main.py --mode aggregate --workdir runs` (see README) averages the trials' results.
 Published (ResNet-50, ImageNet init, visible-to-thermal): Rank-1 83.79, mAP 77.87, mINP 65.04.
+Starts, as the paper, from torchvision's ImageNet ResNet-50: found in PyTorch's cache
+(~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth or resnet50-19c8e357.pth; $TORCH_HOME
+moves it) or downloaded there (98 MB) before any data is read. Offline and without it, the run
+stops at once and names the two ways out: --config.model.pretrained=/path/to/resnet50.pth, or
+--config.model.pretrained=none (random weights, far from the published numbers).
 """
 
 from vireid_jax import config as config_lib

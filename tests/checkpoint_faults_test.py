@@ -187,7 +187,7 @@ def test_ctrl_c_stops_at_a_step_boundary_with_exit_130_and_the_run_resumes(data_
 
 def test_verbosity_1_keeps_the_traceback_for_developers(tmp_path):
   args = ['--config', os.path.join(REPO, 'configs', 'sysu.py'), '--workdir', str(tmp_path),
-          f'--config.data.root={tmp_path / "nowhere"}']
+          f'--config.data.root={tmp_path / "nowhere"}', '--config.model.pretrained=none']
   quiet = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args],
                          capture_output=True, text=True, timeout=120)
   loud = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), *args,

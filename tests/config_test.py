@@ -42,3 +42,25 @@ def test_unknown_choices_name_the_field(field, value):
   config[group][leaf] = value
   with pytest.raises(config_lib.ConfigError, match=rf'config\.{field} = .*{value}'):
     config_lib.validate(config)
+
+
+def test_paper_configs_start_from_imagenet_and_the_demo_from_its_stand_in():
+  for name in ('sysu', 'regdb', 'llcm'):
+    assert load(name).model.pretrained == 'imagenet', name
+  assert load('demo').model.pretrained == 'synthetic_imagenet'
+
+
+@pytest.mark.parametrize('value,valid', [('imagenet', True), ('none', True), ('', True),
+                                         ('synthetic_imagenet', True), ('/w/r50.pth', True),
+                                         ('~/w/R50.PTH.TAR', True), ('w.safetensors', True),
+                                         ('ImageNet', False), ('random', False),
+                                         ('/w/resnet50', False)])
+def test_pretrained_is_a_keyword_or_a_weights_file(value, valid):
+  config = load('sysu')
+  config.data.root = '/data'
+  config.model.pretrained = value
+  if valid:
+    config_lib.validate(config)
+  else:
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.pretrained = .*'none'"):
+      config_lib.validate(config)

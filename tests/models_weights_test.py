@@ -142,7 +142,8 @@ def test_cache_skips_reading_and_tracks_the_source(source, tmp_path, monkeypatch
 
 
 def test_missing_file_says_where_to_get_weights(source):
-  with pytest.raises(FileNotFoundError, match=r'(?s)/nowhere/r50.pth.*resnet50-19c8e357'):
+  with pytest.raises(FileNotFoundError,
+                     match=r'(?s)/nowhere/r50.pth.*resnet50-0676ba61.*pretrained=none'):
     models.load_imagenet_resnet('/nowhere/r50.pth', source[1])
 
 
@@ -181,12 +182,36 @@ def test_weights_of_another_architecture_are_refused(source, tmp_path):
     models.load_imagenet_resnet(path, source[1])
 
 
-def test_pth_without_torch_suggests_an_export(tmp_path, monkeypatch, source):
-  path = str(tmp_path / 'resnet50.pth')
-  open(path, 'wb').close()
+@pytest.mark.parametrize('zip_layout', [True, False], ids=['zip', 'legacy'])
+def test_pth_reads_without_torch_and_unwraps_training_checkpoints(source, tmp_path, monkeypatch,
+                                                                  zip_layout):
+  """torch.save files (both layouts) load with torch unimportable, as on a TPU VM; a training
+  checkpoint's 'state_dict' and DataParallel's 'module.' prefix are taken off."""
+  torch = pytest.importorskip('torch', reason='torch writes the file read here without it')
+  variables, target = source
+  state = {'module.' + k: torch.from_numpy(np.array(v))
+           for k, v in _torchvision_state(variables).items()}
+  path = str(tmp_path / 'checkpoint.pth.tar')
+  torch.save({'state_dict': state, 'epoch': 40, 'best_mAP': np.float64(0.48)}, path,
+             _use_new_zipfile_serialization=zip_layout)
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now raises ImportError
-  with pytest.raises(ImportError, match=r'(?s)needs PyTorch.*\.safetensors/\.npz.*np\.savez'):
-    models.load_imagenet_resnet(path, source[1])
+  loaded = _flat(models.load_imagenet_resnet(path, target))
+  want = _flat(variables)
+  for name, value in loaded.items():
+    if name.split('/')[1] != 'neck':
+      np.testing.assert_array_equal(value, want[name.replace('infrared_stem', 'visible_stem')],
+                                    err_msg=name)
+
+
+def test_unreadable_files_are_one_line_naming_the_file(source, tmp_path):
+  for name, content in (('resnet50.pth', b'<html>404 Not Found</html>'),
+                        ('resnet50.npz', b'PK\x03\x04 not really a zip')):
+    path = str(tmp_path / name)
+    with open(path, 'wb') as f:
+      f.write(content)
+    with pytest.raises(weights.WeightsFileError) as info:
+      models.load_imagenet_resnet(path, source[1])
+    assert str(info.value).startswith(path) and '\n' not in str(info.value)
 
 
 def test_unknown_and_corrupt_files(tmp_path, source):

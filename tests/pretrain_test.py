@@ -11,6 +11,7 @@ import pytest
 
 from vireid_jax import augment
 from vireid_jax import config as config_lib
+from vireid_jax import initial_weights
 from vireid_jax import models
 from vireid_jax import pretrain
 from vireid_jax import sharding
@@ -155,14 +156,14 @@ def test_missing_stand_in_is_pretrained_once_and_then_reused(tmp_path, monkeypat
     return real_train(*args, **kwargs)
 
   monkeypatch.setattr(pretrain, 'train_classifier', counting)
-  first = pretrain.ensure_pretrained(config)
-  second = pretrain.ensure_pretrained(config)
+  first = initial_weights.resolve(config)
+  second = initial_weights.resolve(config)
   assert first == second == pretrain.pretrained_path(config) and os.path.isfile(first)
   assert len(trained) == 1
   assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first),
                                                  os.path.basename(first)[:-4] + '.json'])
-  config.model.pretrained = ''
-  assert pretrain.ensure_pretrained(config) == ''
+  config.model.pretrained = 'none'
+  assert initial_weights.resolve(config) == ''
 
 
 def test_augmentation_without_randomness_is_normalisation_and_grey_is_grey():

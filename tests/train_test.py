@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from vireid_jax import config as config_lib
+from vireid_jax import initial_weights
 from vireid_jax import memory as memory_lib
 from vireid_jax import models
 from vireid_jax import sampling
@@ -22,6 +23,7 @@ def tiny_config() -> ml_collections.ConfigDict:
   config.data.image_height, config.data.image_width = 16, 8
   config.model.block, config.model.stage_sizes, config.model.width = 'basic', (1, 1, 1, 1), 4
   config.model.dtype = 'float32'
+  config.model.pretrained = 'none'  # a tiny network: random weights, as before the default
   config.augment.pad = 1
   config.sampler.clusters_per_step, config.sampler.instances_per_cluster = 4, 2
   return config
@@ -125,6 +127,27 @@ def test_abstract_train_state_matches_the_real_one():
   real = train_state.create_train_state(config, model, mesh)
   layout = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), tree)
   assert layout(abstract) == layout(real)
+
+
+def test_the_initial_state_names_the_weights_it_starts_from(tmp_path):
+  config = tiny_config()
+  model = models.build_model(config.model)
+  mesh = sharding.make_mesh()
+  lines = []
+  random_start = train_state.create_train_state(config, model, mesh, say=lines.append)
+  assert lines == [initial_weights.describe('')] and 'Warning' in lines[0]
+  # Another network's weights, as a torchvision state dict: both stems and the trunk take them.
+  other = models.init_variables(model, jax.random.PRNGKey(7), (16, 8))
+  path = str(tmp_path / 'start.npz')
+  np.savez(path, **models.export_torch_state_dict(other))
+  config.model.pretrained = path
+  state = train_state.create_train_state(config, model, mesh, say=lines.append)
+  assert lines[1:] == [f'weights: {path}']
+  for stem in ('visible_stem', 'infrared_stem'):
+    np.testing.assert_array_equal(state.params[stem]['conv1']['kernel'],
+                                  other['params']['visible_stem']['conv1']['kernel'])
+  assert not np.allclose(random_start.params['layer1']['block0']['conv1']['kernel'],
+                         state.params['layer1']['block0']['conv1']['kernel'])
 
 
 @pytest.mark.parametrize('identical', [True, False])

@@ -7,7 +7,17 @@ after the piece it drives, and the comment says where it comes from, so no magic
 to live in code.
 """
 
+import os
+import urllib.parse
+
 import ml_collections
+
+# config.model.pretrained values that are not paths (initial_weights.py resolves them).
+PRETRAINED_IMAGENET = 'imagenet'
+PRETRAINED_NONE = 'none'
+PRETRAINED_SYNTHETIC = 'synthetic_imagenet'
+# The weight files a path may name (models/weights.py reads them).
+WEIGHTS_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.bin', '.safetensors', '.npz')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,9 +64,21 @@ def base_config() -> ml_collections.ConfigDict:
   # pretrained weights this copies the visible stem's random init into the infrared stem, so
   # the two modalities start in one feature space and cross-modality matching means something.
   config.model.identical_stems = True
-  # torchvision resnet50 .pth / .safetensors / .npz; '' = random; 'synthetic_imagenet' = the
-  # synthetic ImageNet stand-in that config.pretrain describes (made on first use).
-  config.model.pretrained = ''
+  # Where the stems and trunk start (vireid_jax/initial_weights.py):
+  #   'imagenet': torchvision's ImageNet ResNet-50, the paper's start: torch.hub's cache
+  #     ($TORCH_HOME/hub/checkpoints, else $XDG_CACHE_HOME/torch/..., else ~/.cache/torch/...)
+  #     holding resnet50-0676ba61.pth or resnet50-19c8e357.pth, else downloaded there from
+  #     imagenet_url. No file and no network: the run stops at once, before any data is read,
+  #     and names the two ways out: --config.model.pretrained=/path/to/resnet50.pth, or
+  #     --config.model.pretrained=none;
+  #   a path: a torchvision ResNet state dict (.pth/.pt read without PyTorch, .safetensors, .npz);
+  #   'synthetic_imagenet': the synthetic stand-in that config.pretrain describes (made on first
+  #     use; the demo's start);
+  #   'none': random weights, announced by a warning ('' means the same).
+  config.model.pretrained = 'imagenet'
+  # torchvision's IMAGENET1K_V1 ResNet-50; the hex part of the file name is its sha256's prefix,
+  # checked after downloading as torch.hub checks it.
+  config.model.imagenet_url = 'https://download.pytorch.org/models/resnet50-0676ba61.pth'
   config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
 
   # --- clustering (SPEC.md step 2) ---
@@ -231,8 +253,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('config.schedule.stage2_start must lie in [0, schedule.epochs]')
   if config.eval.sysu_shots not in (1, 10):
     raise ConfigError(f'config.eval.sysu_shots = {config.eval.sysu_shots}; expected 1 or 10')
+  _validate_pretrained(config.model)
   from vireid_jax import methods  # pylint: disable=import-outside-toplevel  (methods import this)
   methods.for_config(config).validate(config)
   if not config.data.root and not config.data.synthetic:
     raise ConfigError('config.data.root is empty: pass --config.data.root=/path/holding/the/'
                       'dataset (the folder with SYSU-MM01/, RegDB/ or LLCM/)')
+
+
+def _validate_pretrained(model_cfg: ml_collections.ConfigDict) -> None:
+  """A keyword or a weights file's name: a typo ('ImageNet', 'random') must not pass as a path."""
+  value = model_cfg.pretrained
+  keywords = (PRETRAINED_IMAGENET, PRETRAINED_NONE, PRETRAINED_SYNTHETIC, '')
+  if value not in keywords and not value.lower().endswith(WEIGHTS_SUFFIXES):
+    raise ConfigError(
+        f'config.model.pretrained = {value!r}; expected \'imagenet\' (torchvision\'s ResNet-50, '
+        f'the paper\'s start), \'none\' (random weights), \'synthetic_imagenet\' (the demo\'s '
+        f'stand-in) or the path of a {"/".join(WEIGHTS_SUFFIXES)} file')
+  if value == PRETRAINED_IMAGENET and not os.path.basename(
+      urllib.parse.urlparse(model_cfg.imagenet_url).path):
+    raise ConfigError(f'config.model.imagenet_url = {model_cfg.imagenet_url!r} names no file')

@@ -14,14 +14,15 @@ environment, so the demo builds the same kind of start on synthetic data:
     horizontal flip, colour jitter, random greyscale, inversion);
   * the result written as a torchvision-layout state dict (.npz: conv1, bn1, layer1..layer4, fc)
     that `config.model.pretrained` loads through `models.weights.load_imagenet_resnet`, the
-    same code that loads `resnet50-19c8e357.pth`: both stems and the trunk, BN statistics
+    same code that loads `resnet50-0676ba61.pth`: both stems and the trunk, BN statistics
     included, the classifier dropped.
 
-`config.model.pretrained = SYNTHETIC_IMAGENET` asks for these weights. `ensure_pretrained`
-resolves it to a file under `config.pretrain.output_dir` whose name is a hash of everything
-that shapes the weights (the pretrain settings, the network, the image size), and pretrains
-first when that file is missing, so a changed setting never loads stale weights. The run is
-deterministic for a given machine; the file is written under a temporary name and renamed.
+`config.model.pretrained = SYNTHETIC_IMAGENET` asks for these weights. `pretrain_on_main`
+(called by initial_weights.resolve) resolves it to a file under `config.pretrain.output_dir`
+whose name is a hash of everything that shapes the weights (the pretrain settings, the network,
+the image size), and pretrains first when that file is missing, so a changed setting never
+loads stale weights. The run is deterministic for a given machine; the file is written under a
+temporary name and renamed.
 
   python main.py --mode pretrain --config configs/demo.py
 """
@@ -51,7 +52,7 @@ from vireid_jax.models import classifier as classifier_lib
 from vireid_jax.models import weights as weights_lib
 
 # config.model.pretrained value that asks for the synthetic ImageNet stand-in.
-SYNTHETIC_IMAGENET = 'synthetic_imagenet'
+SYNTHETIC_IMAGENET = config_lib.PRETRAINED_SYNTHETIC
 # Bump when the population, the recipe or the file layout changes, so old files are not reused.
 PRETRAIN_VERSION = 1
 # The visible cameras of the synthetic SYSU-MM01; the pretraining population's own seed gives
@@ -375,8 +376,7 @@ def pretrain(config: ml_collections.ConfigDict, progress: bool = True) -> str:
   machine); delete it to pretrain again. A JSON record beside it says how it was made.
   """
   path = pretrained_path(config)
-  if os.path.isfile(path):
-    console.line(f'Pretrained weights (the ImageNet stand-in): {path}')
+  if os.path.isfile(path):  # the run's "weights:" line names it
     return path
   p = config.pretrain
   console.line(f'Pretraining the ImageNet stand-in: {p.num_ids} synthetic people (visible cameras '
@@ -390,18 +390,6 @@ def pretrain(config: ml_collections.ConfigDict, progress: bool = True) -> str:
   console.line(f'Pretrained in {seconds:.0f} s (last epoch: loss {summary["loss"]:.3f}, accuracy on '
         f'augmented batches {summary["accuracy"]:.2f}): {path}')
   return path
-
-
-def ensure_pretrained(config: ml_collections.ConfigDict) -> str:
-  """The weights file `config.model.pretrained` names, made first when it is the stand-in.
-
-  Returns:
-    '' (random initialisation), the user's file as given, or the stand-in's file (pretrained
-    now if it was missing).
-  """
-  if config.model.pretrained != SYNTHETIC_IMAGENET:
-    return config.model.pretrained
-  return pretrain_on_main(config)
 
 
 def pretrain_on_main(config: ml_collections.ConfigDict) -> str:

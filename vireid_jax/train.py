@@ -107,11 +107,13 @@ class Trainer:
     self.extract_fns = extract_lib.make_extract_fn(
         self.model, tuple(config.data.mean), tuple(config.data.std), config.eval.flip)
     self._step_fns = {}  # phase -> the jitted step of that phase, made when first needed
-    self.state = train_state.create_train_state(config, self.model, self.mesh)
     self.history: list[dict] = []
     self.best = {'mAP': -1.0, 'epoch': -1}
     self.start_epoch = 0
-    self._resume()
+    # A resumed run takes its weights from the checkpoint: the initial ones (ImageNet, ...)
+    # are resolved and loaded only for a fresh start.
+    if not self._resume():
+      self.state = train_state.create_train_state(config, self.model, self.mesh)
 
   # --- checkpoints -------------------------------------------------------------------------
 
@@ -119,11 +121,12 @@ class Trainer:
     return {'epoch': epoch, 'history': self.history, 'best': self.best,
             'config': self.config.to_json_best_effort()}
 
-  def _resume(self) -> None:
+  def _resume(self) -> bool:
+    """Restores the newest readable checkpoint, if the workdir has one; whether it did."""
     abstract = train_state.abstract_train_state(self.config, self.model, self.mesh)
     restored = checkpoint.restore_newest_readable(self.workdir, abstract)
     if restored is None:
-      return
+      return False
     self.state, record, _ = restored
     self.history, self.best = record['history'], record['best']
     self.start_epoch = record['epoch']
@@ -137,6 +140,7 @@ class Trainer:
     best = (f'best mAP so far {self.best["mAP"]:.2f} after epoch {self.best["epoch"] + 1}'
             if self.best['epoch'] >= 0 else 'no evaluation yet')
     console.line(f'Resuming {self.workdir} after epoch {self.start_epoch} ({best}).')
+    return True
 
   def _save(self, epoch: int, improved: bool) -> None:
     # `latest` first: a failure between the two leaves best <= latest, never a best newer

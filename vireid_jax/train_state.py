@@ -14,7 +14,7 @@ method's comes from its `StepFns` (vireid_jax/methods).
 
 import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -24,10 +24,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vireid_jax import console
+from vireid_jax import initial_weights
 from vireid_jax import methods
 from vireid_jax import models
 from vireid_jax import multihost
-from vireid_jax import pretrain
 from vireid_jax import sampling
 from vireid_jax import sharding
 
@@ -96,12 +97,18 @@ def abstract_train_state(config: ml_collections.ConfigDict, model, mesh: Mesh) -
                       shapes)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model, mesh: Mesh) -> TrainState:
-  """The initial state, replicated on `mesh`, with ImageNet weights where configured."""
+def create_train_state(config: ml_collections.ConfigDict, model, mesh: Mesh,
+                       say: Callable[[str], None] = console.line) -> TrainState:
+  """The initial state, replicated on `mesh`, from the weights `config.model.pretrained` names.
+
+  Resolves them first (initial_weights.resolve: found, fetched or made) and tells `say` one
+  line naming the file loaded, or the warning of a random start.
+  """
   init = functools.partial(init_train_state, config, model)
   state = jax.jit(init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.seed))
-  pretrained = pretrain.ensure_pretrained(config)  # the synthetic stand-in: made on first use
+  pretrained = initial_weights.resolve(config)
+  say(initial_weights.describe(pretrained))
   if not pretrained:
     return state
   variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})

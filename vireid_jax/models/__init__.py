@@ -5,4 +5,4 @@ from vireid_jax.models.resnet import (BatchNorm, TwoStreamResNet, build_model, c
                                       gem_pool, init_variables, l2_normalize)
 from vireid_jax.models.weights import (export_torch_state_dict, import_torch_state_dict,
                                        load_imagenet_resnet, read_state_dict,
-                                       WeightsMismatchError)
+                                       WeightsFileError, WeightsMismatchError)

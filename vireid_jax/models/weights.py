@@ -1,12 +1,13 @@
 """ImageNet initialisation: torchvision ResNet state dicts <-> the Flax two-stream network.
 
 MBCCM starts both stems and the shared trunk from torchvision's ImageNet ResNet-50
-(`resnet50-19c8e357.pth`). `load_imagenet_resnet` reads that state dict from a .pth (needs
-torch), a .safetensors (read here with numpy) or an .npz, copies conv1/bn1 into BOTH stems and
-layer1..layer4 into the trunk, drops the classifier (fc.*), carries BN running statistics into
-'batch_stats' and leaves the neck at its initialisation. The converted variables are cached with
-orbax, keyed by the source file's name, size and mtime and by the model's structure, so the
-conversion (and torch) is needed once.
+(`resnet50-0676ba61.pth`, earlier `resnet50-19c8e357.pth`; models/imagenet.py finds or fetches
+it). `load_imagenet_resnet` reads that state dict from a .pth (models/torch_pickle.py: no
+PyTorch needed), a .safetensors or an .npz (read here with numpy), copies conv1/bn1 into BOTH
+stems and layer1..layer4 into the trunk, drops the classifier (fc.*), carries BN running
+statistics into 'batch_stats' and leaves the neck at its initialisation. The converted variables
+are cached with orbax, keyed by the source file's name, size and mtime and by the model's
+structure, so later runs skip the conversion.
 
 Name mapping (torch -> Flax), for every block of every layer:
   conv1.weight (O, I, kh, kw)            -> params/{visible,infrared}_stem/conv1/kernel
@@ -22,19 +23,21 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import flax.traverse_util
 import jax.numpy as jnp
 import numpy as np
 
-IMAGENET_RESNET50_URL = 'https://download.pytorch.org/models/resnet50-19c8e357.pth'
+from vireid_jax.models import imagenet
+from vireid_jax.models import torch_pickle
+from vireid_jax.models.torch_pickle import WeightsFileError
+
 # Bump when the mapping below changes, so stale caches are not reused.
 CACHE_VERSION = 1
-
-_NPZ_EXPORT_HINT = (
-    "python -c \"import torch, numpy as np; sd = torch.load('resnet50-19c8e357.pth'); "
-    "np.savez('resnet50.npz', **{k: v.numpy() for k, v in sd.items()})\"")
+# The files read_state_dict reads, by name.
+TORCH_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.bin')
 
 FlatVariables = Dict[Tuple[str, ...], np.ndarray]
 
@@ -53,74 +56,87 @@ def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
   with open(path, 'rb') as f:
     blob = f.read()
   if len(blob) < 8:
-    raise ValueError(f'{path} is not a safetensors file: only {len(blob)} bytes')
+    raise WeightsFileError(f'{path} is not a safetensors file: only {len(blob)} bytes')
   header_size = int.from_bytes(blob[:8], 'little')
   if 8 + header_size > len(blob):
-    raise ValueError(f'{path} is not a safetensors file: header of {header_size} bytes does '
-                     f'not fit in a {len(blob)}-byte file')
+    raise WeightsFileError(f'{path} is not a safetensors file: header of {header_size} bytes '
+                           f'does not fit in a {len(blob)}-byte file')
   try:
     header = json.loads(blob[8:8 + header_size])
   except ValueError as e:
-    raise ValueError(f'{path} is not a safetensors file: its header is not JSON ({e})') from e
+    raise WeightsFileError(f'{path} is not a safetensors file: its header is not JSON '
+                           f'({e})') from e
   data = memoryview(blob)[8 + header_size:]
   tensors = {}
   for name, info in header.items():
     if name == '__metadata__':
       continue
     if info['dtype'] not in dtypes:
-      raise ValueError(f'{path}: tensor {name} has dtype {info["dtype"]}, which this reader does '
-                       f'not know ({sorted(dtypes)})')
+      raise WeightsFileError(f'{path}: tensor {name} has dtype {info["dtype"]}, which this '
+                             f'reader does not know ({sorted(dtypes)})')
     dtype = np.dtype(dtypes[info['dtype']])
     begin, end = info['data_offsets']
     shape = tuple(info['shape'])
     if end > len(data) or end - begin != dtype.itemsize * int(np.prod(shape)):
-      raise ValueError(f'{path}: tensor {name} (shape {shape}, {info["dtype"]}) has byte range '
-                       f'[{begin}, {end}) that does not match its size; the file is corrupt')
+      raise WeightsFileError(f'{path}: tensor {name} (shape {shape}, {info["dtype"]}) has byte '
+                             f'range [{begin}, {end}) that does not match its size; the file is '
+                             f'corrupt')
     tensors[name] = np.frombuffer(data[begin:end], dtype).reshape(shape)
   return tensors
 
 
 def _read_torch(path: str) -> Dict[str, np.ndarray]:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(
-        f'Reading {path} needs PyTorch, which is not installed. Install torch, or export the '
-        f'state dict to .safetensors/.npz once where torch is available, e.g.\n  {_NPZ_EXPORT_HINT}'
-    ) from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
+  """A torch.save file's state dict, read without PyTorch (models/torch_pickle.py)."""
+  state = torch_pickle.load(path)
   # Training checkpoints wrap the state dict; torchvision files are the state dict itself.
   for wrapper in ('state_dict', 'model'):
     if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
       state = state[wrapper]
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in state.items() if isinstance(v, torch.Tensor)}
+  if not isinstance(state, dict):
+    raise WeightsFileError(f'{path} holds a {type(state).__name__}, not a state dict (a dict of '
+                           f'tensors by name)')
+  tensors = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+  if not tensors:
+    raise WeightsFileError(f'{path} holds no tensors: keys {sorted(map(str, state))[:10]}')
+  return tensors
+
+
+def _read_npz(path: str) -> Dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  except (ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise WeightsFileError(f'{path} is not a readable .npz file ({e})') from None
 
 
 def read_state_dict(path: str) -> Dict[str, np.ndarray]:
-  """Reads a PyTorch state dict from .pth/.pt/.pth.tar (torch), .safetensors or .npz.
+  """Reads a PyTorch state dict from .pth/.pt/.pth.tar/.bin, .safetensors or .npz (no torch).
 
   Args:
     path: the file.
 
   Returns:
-    name -> numpy array, torch names and layouts (conv weights OIHW).
+    name -> numpy array, torch names, layouts and dtypes (conv weights OIHW).
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    WeightsFileError: an unknown kind of file, or one that cannot be read (names the file and
+      what is wrong).
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f'Pretrained weights not found at {path!r}. Download torchvision\'s ImageNet ResNet-50 '
-        f'from {IMAGENET_RESNET50_URL} (or export it to .safetensors/.npz) and set '
-        f'config.model.pretrained to its path, or set it to \'\' to start from random weights.')
+        f'Pretrained weights not found at {path!r}. Pass the path of torchvision\'s ImageNet '
+        f'ResNet-50 ({imagenet.TORCHVISION_RESNET50_URL}), --config.model.pretrained=imagenet '
+        f'to find or download it, or --config.model.pretrained=none for random weights.')
   name = path.lower()
   if name.endswith('.safetensors'):
     return _read_safetensors(path)
   if name.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as npz:
-      return {k: npz[k] for k in npz.files}
-  if name.endswith(('.pth', '.pt', '.pth.tar', '.bin')):
+    return _read_npz(path)
+  if name.endswith(TORCH_SUFFIXES):
     return _read_torch(path)
-  raise ValueError(f'Do not know how to read {path!r}: expected a .pth/.pt (PyTorch), '
-                   f'.safetensors or .npz file')
+  raise WeightsFileError(f'Do not know how to read {path!r}: expected a .pth/.pt (PyTorch), '
+                         f'.safetensors or .npz file')
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +327,8 @@ def load_imagenet_resnet(path: str, variables, cache_dir: Optional[str] = None):
   """Initialises both stems and the trunk from a torchvision ImageNet ResNet state dict.
 
   Args:
-    path: `resnet50-19c8e357.pth` (needs torch), or a .safetensors / .npz export of it.
+    path: `resnet50-0676ba61.pth` / `resnet50-19c8e357.pth` (no torch needed), or a
+      .safetensors / .npz export of it.
     variables: {'params', 'batch_stats'} from init_variables (the neck keeps its values).
     cache_dir: where to keep the converted variables (orbax), so later runs skip reading and
       converting the source file; None disables the cache.
@@ -321,7 +338,7 @@ def load_imagenet_resnet(path: str, variables, cache_dir: Optional[str] = None):
 
   Raises:
     FileNotFoundError: no file at `path`.
-    ImportError: a .pth file and no torch.
+    WeightsFileError: the file cannot be read (names it and what is wrong).
     WeightsMismatchError: the file does not fit the network (lists what differs).
   """
   if not os.path.isfile(path):
