@@ -178,8 +178,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
     (neck, _), new_vars = model.apply({'params': params, 'batch_stats': batch_stats},
                                       visible_inputs, infrared_inputs, train=True,
                                       mutable=['batch_stats'])
-    num_visible = visible_inputs.shape[0]
-    f_visible, f_infrared = neck[:num_visible], neck[num_visible:]
+    f_visible, f_infrared = jnp.split(neck, [visible_inputs.shape[0]])
     loss, metrics = step_fns.loss(f_visible, f_infrared, y_v, y_i, memories)
     # 'total' is the very value differentiated, so a NaN anywhere in it is seen by the host.
     metrics = dict(metrics, total=loss)
