@@ -114,11 +114,13 @@ def _raised_on_every_process(error: BaseException, multihost) -> bool:
   """Errors that every process of a run meets at the same point (after a collective)."""
   # pylint: disable=import-outside-toplevel
   from vireid_jax import config as config_lib
+  from vireid_jax import methods
   from vireid_jax import run_lock
   from vireid_jax import train as train_lib
   from vireid_jax.models import imagenet
   return isinstance(error, (train_lib.RunStopped, train_lib.TrainingDiverged,
                             train_lib.NoClustersStop, multihost.MainProcessFailed,
+                            methods.MethodStop,
                             run_lock.WorkdirLocked, config_lib.ConfigError,
                             imagenet.WeightsUnavailable))
 
@@ -167,6 +169,7 @@ def _report(error: BaseException, multihost) -> int:
   from vireid_jax import config as config_lib
   from vireid_jax import console
   from vireid_jax import data as data_lib
+  from vireid_jax import methods
   from vireid_jax import run_lock
   from vireid_jax import train as train_lib
   from vireid_jax.models import imagenet
@@ -192,6 +195,7 @@ def _report(error: BaseException, multihost) -> int:
   known = (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
            weights_lib.WeightsFileError, imagenet.WeightsUnavailable, ImportError,
            train_lib.TrainingDiverged, train_lib.NoClustersStop, checkpoint.CheckpointError,
+           methods.MethodStop,
            run_lock.WorkdirLocked, FileNotFoundError, OSError)
   if isinstance(error, known):
     # The same error stops every process; one line from process 0 is enough, except for

@@ -305,6 +305,23 @@ def to_grey(image: jax.Array) -> jax.Array:
   return jnp.broadcast_to(grey, image.shape)
 
 
+def exchange_channel(rng: jax.Array, image: jax.Array) -> jax.Array:
+  """Copies R, G or B (uniformly) into all three channels (the reference's ChannelExchange
+  with gray=2, MBCCM's and PGM's visible view B)."""
+  return copy_channel(image, _random_index(jax.random.uniform(rng), 3))
+
+
+def adapt_grey(rng: jax.Array, image: jax.Array, grey_prob: float) -> jax.Array:
+  """The reference's ChannelAdapGray on the infrared view: k ~ U{0..3}; k < 3 copies channel k
+  into all three; k = 3 turns the image grey with probability `grey_prob`, else keeps it."""
+  u = jax.random.uniform(rng, (2,))
+  case = _random_index(u[0], 4)  # 0, 1, 2: copy that channel; 3: grey or unchanged
+  grey = u[1] < grey_prob
+  copied = copy_channel(image, jnp.minimum(case, 2))
+  out = jnp.where(case < 3, copied, image)
+  return jnp.where((case == 3) & grey, to_grey(image), out)
+
+
 def erase_fill_value(cfg: AugmentConfig, mean: Sequence[float],
                      std: Sequence[float]) -> jax.Array:
   """(3,) float32 value random erasing writes into the normalised image."""
@@ -332,7 +349,7 @@ def augment_visible_b(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
   k_geom, k_erase, k_channel = jax.random.split(rng, 3)
   normed = standardize(to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad)), mean, std)
   normed = random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
-  return copy_channel(normed, _random_index(jax.random.uniform(k_channel), 3))
+  return exchange_channel(k_channel, normed)
 
 
 def augment_infrared(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
@@ -341,12 +358,7 @@ def augment_infrared(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
   k_geom, k_erase, k_channel = jax.random.split(rng, 3)
   normed = standardize(to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad)), mean, std)
   normed = random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
-  u = jax.random.uniform(k_channel, (2,))
-  case = _random_index(u[0], 4)  # 0, 1, 2: copy that channel; 3: grey or unchanged
-  grey = u[1] < cfg.infrared_grey_prob
-  copied = copy_channel(normed, jnp.minimum(case, 2))
-  out = jnp.where(case < 3, copied, normed)
-  return jnp.where((case == 3) & grey, to_grey(normed), out)
+  return adapt_grey(k_channel, normed, cfg.infrared_grey_prob)
 
 
 @functools.partial(jax.jit, static_argnames=('aug_cfg',))

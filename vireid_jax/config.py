@@ -96,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (features as given, true squared L2 as faiss IndexFlatL2, weights from raw dot products;
   # PGM's compute_jaccard_distance(search_option=3) on its non-unit features, FR:58-85).
   config.cluster.rank_by = 'dot'
+  # Cluster centres: the members' mean, L2-normalised (MBCCM), or the plain mean (PGM, whose
+  # memories and matching normalise it themselves, TS:482-503).
+  config.cluster.normalize_centers = True
   # True: use the true identities as clusters and matches (supervised upper bound, for
   # studies on labelled data; never the paper's setting).
   config.cluster.oracle = False

@@ -106,6 +106,15 @@ class Trainer:
       self.infrared_images = self.train_infrared.images
     self.extract_fns = extract_lib.make_extract_fn(
         self.model, tuple(config.data.mean), tuple(config.data.std), config.eval.flip)
+    # The features clustered may be extracted otherwise than the evaluation's (PGM: the
+    # flip-averaged features, not renormalised); the same function when they are not.
+    c = config.cluster
+    if (c.flip, c.renormalize) == (config.eval.flip, True):
+      self.cluster_extract_fns = self.extract_fns
+    else:
+      self.cluster_extract_fns = extract_lib.make_extract_fn(
+          self.model, tuple(config.data.mean), tuple(config.data.std), c.flip,
+          renormalize=c.renormalize)
     self._step_fns = {}  # phase -> the jitted step of that phase, made when first needed
     self.history: list[dict] = []
     self.best = {'mAP': -1.0, 'epoch': -1}
@@ -156,8 +165,10 @@ class Trainer:
 
   # --- pieces of an epoch ------------------------------------------------------------------
 
-  def extract(self, images, modality: str, desc: str) -> np.ndarray:
-    return extract_lib.extract_features(self.extract_fns, self.variables(), images, modality,
+  def extract(self, images, modality: str, desc: str, for_clustering: bool = False
+              ) -> np.ndarray:
+    fns = self.cluster_extract_fns if for_clustering else self.extract_fns
+    return extract_lib.extract_features(fns, self.variables(), images, modality,
                                         self.config.eval.batch_size, self.mesh, desc=desc)
 
   def evaluate(self, trials) -> tuple[dict | None, dict]:
@@ -288,8 +299,10 @@ class Trainer:
     if schedule.restart:
       entry['restarted_from'] = self._restart_stage(schedule)
     t0 = time.time()
-    visible_features = self.extract(self.visible_images, VISIBLE, 'extract visible')
-    infrared_features = self.extract(self.infrared_images, INFRARED, 'extract infrared')
+    visible_features = self.extract(self.visible_images, VISIBLE, 'extract visible',
+                                    for_clustering=True)
+    infrared_features = self.extract(self.infrared_images, INFRARED, 'extract infrared',
+                                     for_clustering=True)
     t1 = time.time()
     clusters = self.cluster(schedule, visible_features, infrared_features)
     t2 = time.time()

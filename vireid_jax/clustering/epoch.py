@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from vireid_jax import methods
 from vireid_jax import multihost
 from vireid_jax.clustering.diagnostics import cluster_diagnostics
 from vireid_jax.clustering.pseudo_labels import NoClustersError
@@ -56,10 +57,12 @@ def cluster_epoch(config, visible_features, infrared_features, visible_pids,
                                    (INFRARED, infrared_features, infrared_pids)):
     if c.oracle:
       labels[modality] = np.unique(pids, return_inverse=True)[1]
-      centers[modality] = cluster_centers(features, labels[modality])
+      centers[modality] = cluster_centers(features, labels[modality],
+                                          normalize=c.normalize_centers)
     else:
       labels[modality], centers[modality] = cluster_features(
-          features, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, modality=modality)
+          features, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, modality=modality,
+          rank_by=c.rank_by, normalize_centers=c.normalize_centers)
     for key, value in cluster_diagnostics(labels[modality], pids).items():
       stats[f'{modality}/{key}'] = value
   return EpochClusters(labels[VISIBLE], labels[INFRARED], centers[VISIBLE], centers[INFRARED],
@@ -88,7 +91,8 @@ def shared_cluster_epoch(config, visible_features, infrared_features, visible_pi
       clusters.stats.update(stats)
     return clusters
 
-  clusters = multihost.share_from_main(on_main, 'clustering', shared_errors=(NoClustersError,))
+  clusters = multihost.share_from_main(on_main, 'clustering',
+                                       shared_errors=(NoClustersError, methods.MethodStop))
   if not multihost.is_main():
     clusters.stats = {}  # diagnostics are process 0's to print
   return clusters

@@ -131,6 +131,12 @@ class Method:
   reporting: Reporting = Reporting()
 
 
+class MethodStop(RuntimeError):
+  """A method's condition that ends the run with one line (e.g. a matching that leaves clusters
+  without a partner, where the authors' code would crash). Raised in `associate` on process 0,
+  it stops every process with the same message; checkpoints are intact."""
+
+
 class UnknownMethodError(ConfigError):
   """`config.method` names no package under vireid_jax/methods/."""
 
