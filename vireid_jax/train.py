@@ -129,9 +129,7 @@ class Trainer:
       self.infrared_images = self.train_infrared.images
     self.extract_fns = extract_lib.make_extract_fn(
         self.model, tuple(config.data.mean), tuple(config.data.std), config.eval.flip)
-    self.step_fns = {stage: train_state.make_train_step(self.model, config, self.mesh, stage,
-                                                        self.images_on_device)
-                     for stage in (1, 2)}
+    self.step_fns = {}  # (stage, label_repeats) -> jitted step, built when first needed
     self.state = train_state.create_train_state(config, self.model, self.mesh)
     self.history: list[dict] = []
     self.best = {'mAP': -1.0, 'epoch': -1}
@@ -208,13 +206,23 @@ class Trainer:
       _save_pseudo_labels(self.workdir, epoch, clusters)
     return clusters
 
+  def step_fn(self, stage: int, label_repeats: int | None):
+    """The jitted step of `stage` whose memory updates loop for `label_repeats` (static)."""
+    key = (stage, label_repeats)
+    if key not in self.step_fns:
+      self.step_fns[key] = train_state.make_train_step(
+          self.model, self.config, self.mesh, stage, self.images_on_device,
+          label_repeats=label_repeats)
+    return self.step_fns[key]
+
   def train_epoch(self, epoch: int, stage: int, clusters, stop: interrupts.StopRequests) -> dict:
     config = self.config
     plan = plan_epoch(config, clusters, stage, epoch)
     first_step = int(jax.device_get(self.state.step))
     inputs = train_state.put_epoch_inputs(plan, epoch, first_step, self.mesh)
     memories = build_memories(clusters, self.mesh)
-    step_fn = self.step_fns[stage]
+    # One bound for the whole epoch (the plan is known): a few compiled steps per run.
+    step_fn = self.step_fn(stage, train_state.step_label_repeats(config, plan))
     steps = config.sampler.steps_per_epoch
     if self.images_on_device:
       batches = ((self.visible_images, self.infrared_images) for _ in range(steps))

@@ -12,7 +12,7 @@ whole epoch goes to the devices once.
 
 import functools
 import os
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
@@ -128,8 +128,21 @@ def put_epoch_inputs(plan: sampling.EpochPlan, epoch: int, first_step: int,
   return sharding.put_global(inputs, epoch_sharding(mesh))
 
 
+def step_label_repeats(config: ml_collections.ConfigDict,
+                       plan: sampling.EpochPlan) -> Optional[int]:
+  """`make_train_step`'s label_repeats for the steps of `plan` (host side, numpy).
+
+  None where the memories are updated sequentially (the CPU default): the bound would change
+  nothing there, and leaving it out keeps one compiled step per stage.
+  """
+  if memory_lib.resolve_update_method(config.memory.update_method) != 'by_rank':
+    return None
+  return memory_lib.label_repeats(plan.visible_label, plan.infrared_label,
+                                  unit=config.sampler.instances_per_cluster)
+
+
 def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, stage: int,
-                    images_on_device: bool = True):
+                    images_on_device: bool = True, label_repeats: Optional[int] = None):
   """The jitted train step of stage 1 or 2, sharded over `mesh`.
 
   With `images_on_device` the step is (state, memories, visible_images (Nv,H,W,3) uint8,
@@ -138,14 +151,21 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, stage:
   gathers and augments its share of the batch. Otherwise the images arguments are the step's
   batches themselves, (B,H,W,3) uint8 split along B (each host feeds its own rows: see
   `host_feed`); everything else is the same, so both give the same step.
+
+  `label_repeats` (static) bounds how often one cluster label occurs in one step's y_v or y_i
+  (`step_label_repeats` of the epoch's plan): the by-rank memory updates loop that many rounds
+  per copy of the labels, a trip count XLA knows. None: as many rounds as samples (always
+  correct, slower). A step given a plan that exceeds it writes NaN rows into the memories.
   """
   aug_cfg = augment.AugmentConfig.from_config(config.augment)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   tx = make_optimizer(config.optim)
   temperature = config.memory.temperature
+  memory_update = dict(method=config.memory.update_method, label_repeats=label_repeats)
   reference_gradients = dict(
       reference_memory_gradients=config.loss.reference_memory_gradients,
-      momentum=config.memory.momentum)
+      momentum=config.memory.momentum, memory_update=config.memory.update_method,
+      label_repeats=label_repeats)
 
   def loss_fn(params, batch_stats, memories, view_a, view_b, infrared, y_v, y_i):
     visible = jnp.concatenate([view_a, view_b])
@@ -188,7 +208,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, stage:
     # was computed with the old tables: updating after the loss gives the same tables (the
     # gradients it saw from partly updated tables are reference_memory_gradients' business).
     memories = memory_lib.update_memories(memories, *features, y_v, y_i, stage=stage,
-                                          momentum=config.memory.momentum)
+                                          momentum=config.memory.momentum, **memory_update)
     metrics = dict(metrics, grad_norm=optax.tree_utils.tree_norm(grads))
     return TrainState(state.step + 1, params, batch_stats, opt_state), memories, metrics
 
