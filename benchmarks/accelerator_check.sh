@@ -4,6 +4,15 @@
 #
 #   OUT=/tmp/acc bash benchmarks/accelerator_check.sh           # on the GPU machine
 #   OUT=/tmp/acc TINY=1 bash benchmarks/accelerator_check.sh    # CPU rehearsal, tiny sizes
+#   OUT=/tmp/acc ONLY=loops bash benchmarks/accelerator_check.sh  # the step's loop forms alone
+#
+# ONLY=loops (issue #22) measures the forms of the step's loops against each other, most
+# important first: whether every rectangles-loop form gives the 'while' outputs on this device
+# (rectangle_loops.py, also timed with XLA command buffers for WHILE/CONDITIONAL), then the
+# stage-2 step with the rectangles loop as 'fixed', 'while' and 'two_phase' (memory rounds
+# bounded in all), with a profile each (`d2h_copies_per_step`, `device_busy_fraction`), the
+# memory updates alone, the same with command buffers, then stage 1. The baseline before the change: the H200 lines of
+# results/h200_2026-11-29.jsonl (stage 2 77.0 ms, busy 73%, ~420 device-to-host copies).
 #
 # Environment: PYTHON (default python3), BUDGET_S (default 500: parts that would not finish
 # inside it are skipped, most important first), REF_MBCCM (the authors' code, default
@@ -32,6 +41,7 @@ fi
 
 if [ -n "${TINY:-}" ]; then
   NET=(--width 8 --block basic --stage-sizes 1 1 1 1 --image-size 32 16)
+  RECT_SIZES=(--batch 8 --image-size 32 16 --calls 2 --repeats 2)
   STEP_SIZES=(--clusters 4 --instances 2 --num-images 64 --memory-clusters 8 8 --steps 5)
   EXTRACT_SIZES=(--num-images 512 --repeats 2)
   EPOCH_SIZES=(--clusters 4 --instances 2 --num-visible 512 --num-infrared 256 --identities 16
@@ -41,6 +51,7 @@ if [ -n "${TINY:-}" ]; then
   REF_ENV=SKIP
 else
   NET=()
+  RECT_SIZES=()
   STEP_SIZES=()
   EXTRACT_SIZES=()
   EPOCH_SIZES=()
@@ -98,6 +109,31 @@ part() {
   SUMMARY+=("$name: rc $rc, $took s")
 }
 
+# loop_step NAME STAGE LOOP COMMAND_BUFFER [more train_step.py flags]: one train_step.py
+# variant, images on the device, bf16, a profile of one repeat.
+loop_step() {
+  local name=$1 stage=$2 loop=$3 buffer=$4; shift 4
+  part "$name" 50 150 $PY benchmarks/train_step.py --dtype auto --stage $stage --images device \
+    --repeats 3 --linear-transform-loop $loop --xla-command-buffer "$buffer" \
+    --profile /tmp/trace_loops "$@" "${NET[@]}" "${STEP_SIZES[@]}"
+}
+CMDBUF=+WHILE,+CONDITIONAL
+
+if [ "${ONLY:-}" = loops ]; then
+  part rectangle_loops 30 90 $PY benchmarks/rectangle_loops.py "${RECT_SIZES[@]}"
+  loop_step stage2_fixed 2 fixed ''
+  loop_step stage2_while 2 while ''
+  loop_step stage2_two_phase 2 two_phase ''
+  part memory_update 20 60 $PY benchmarks/memory_update.py "${MEMORY_SIZES[@]}"
+  part rectangle_loops_cmdbuf 30 90 $PY benchmarks/rectangle_loops.py \
+    --xla-command-buffer $CMDBUF "${RECT_SIZES[@]}"
+  loop_step stage2_while_cmdbuf 2 while $CMDBUF
+  loop_step stage2_fixed_cmdbuf 2 fixed $CMDBUF
+  loop_step stage1_fixed 1 fixed ''
+  loop_step stage1_two_phase 1 two_phase ''
+  loop_step stage1_while 1 while ''
+else
+
 part train_step_bf16 60 170 $PY benchmarks/train_step.py --dtype auto --stage 1 2 \
   --images device --repeats 3 --profile /tmp/trace_step "${NET[@]}" "${STEP_SIZES[@]}"
 TRACE=$(ls -t $(find /tmp/trace_step -path '*stage2*' -name '*.trace.json.gz' 2>/dev/null) \
@@ -114,6 +150,7 @@ part train_step_host_fed 60 150 $PY benchmarks/train_step.py --dtype auto --stag
   --images host --repeats 3 "${NET[@]}" "${STEP_SIZES[@]}"
 part train_step_f32 50 150 $PY benchmarks/train_step.py --dtype float32 --stage 1 2 \
   --images device --repeats 3 "${NET[@]}" "${STEP_SIZES[@]}"
+fi
 
 echo "== summary ($(( $(date +%s) - START )) s)"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
@@ -129,7 +166,10 @@ for line in open(sys.argv[1]):
     print(r)
     continue
   keep = {k: r[k] for k in ('median_ms', 'ms_per_step', 'ms_per_call', 'seconds', 'images_per_s',
-                             'device_peak_mb', 'step_peak_estimate_mb', 'total', 'precision',
-                             'device_busy_fraction') if k in r}
+                             'dispatch_ms', 'device_peak_mb', 'step_peak_estimate_mb', 'total',
+                             'precision', 'device_busy_fraction', 'd2h_copies_per_step',
+                             'linear_transform_loop', 'xla_command_buffer', 'label_repeats',
+                             'unknown_trip_count_loops', 'conditionals', 'equal_to_while',
+                             'rectangles_max') if k in r}
   print(r.get('what'), keep)
 EOF

@@ -188,8 +188,11 @@ def summarize_trace(directory: str, top: int = 10) -> dict:
   by its worker threads. `device_busy_fraction` is the union of those intervals over the
   traced window (first to last event of any kind): 1 - it is the time the device sat idle,
   waiting on the host or on nothing. `top_ops` sums each op's time (fusions etc. by name, the
-  numeric suffix dropped), the largest first, in ms. A convenience for quick reads; xprof shows
-  the full trace.
+  numeric suffix dropped), the largest first, in ms. `d2h_copies` counts the device-to-host
+  copies on the device's lines (CUPTI names them 'MemcpyD2H'): XLA:GPU makes one for every
+  iteration of a while loop whose trip count it does not know, and for every conditional,
+  besides the fetches the caller makes. A convenience for quick reads; xprof shows the full
+  trace.
   """
   import glob
   import gzip
@@ -208,6 +211,8 @@ def summarize_trace(directory: str, top: int = 10) -> dict:
   if not spans:
     return {}
   device_pids = {pid for pid, name in processes.items() if name.startswith('/device:')}
+  d2h_copies = sum(1 for e in spans if e['pid'] in device_pids and (
+      'MemcpyD2H' in e['name'] or 'MemcpyD2H' in threads.get((e['pid'], e['tid']), '')))
   if device_pids:
     on_device = [e for e in spans if e['pid'] in device_pids]
     op_lines = [e for e in on_device
@@ -224,6 +229,7 @@ def summarize_trace(directory: str, top: int = 10) -> dict:
     per_op[name] = per_op.get(name, 0.0) + e['dur']
   # Trace timestamps and durations are in microseconds.
   return {'trace_window_ms': window / 1e3, 'device_busy_fraction': busy / window if window else 0.0,
+          'd2h_copies': d2h_copies,
           'top_ops': [[name, round(us / 1e3, 3)] for name, us in
                       sorted(per_op.items(), key=lambda item: -item[1])[:top]]}
 

@@ -23,8 +23,10 @@ The extracted features are computed and fetched either way, so the extraction ti
 The first epoch compiles everything (extraction, the neighbour search, the step) and is
 reported apart ('epoch/first'); the next `--repeats` epochs are timed and their median per
 phase is reported ('epoch'). Each epoch draws new features, so its cluster count varies as in
-training; the step recompiles only when a memory crosses a power of two (reported as
-`recompiled`).
+training; the step recompiles only when a memory crosses a power of two or, with by-rank
+memory updates (GPU/TPU), when the plan's bound on a cluster's repeats in one step
+(`label_repeats`) takes a value no earlier epoch had (both reported: `recompiled`,
+`label_repeats`).
 
 CPU note: at the default sizes this needs about 9 GB of RAM (the images twice: the host copy
 and the CPU "device" copy) and hours of ResNet-50 on a CPU; use the small flags there.
@@ -98,10 +100,10 @@ def main(argv=None) -> list[dict]:
   state = train_state.create_train_state(config, model, mesh, say=common.log)
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
                                               tuple(config.data.std), config.eval.flip)
+  step_fns = {}  # label_repeats -> the step, as the trainer keeps them
   epoch_offset = common.first_epoch_of_stage(config, args.stage)
-  step_fn = train_state.make_train_step(
-      model, config, mesh, methods.for_config(config).schedule(config, epoch_offset).phase)
-  compiled_capacities = set()
+  phase = methods.for_config(config).schedule(config, epoch_offset).phase
+  compiled_variants = set()
 
   def run_epoch(epoch: int) -> dict:
     """One epoch of the trainer; returns the seconds of each phase."""
@@ -144,14 +146,19 @@ def main(argv=None) -> list[dict]:
     schedule, plan = common.method_plan(config, clusters, epoch)
     inputs = train_state.put_epoch_inputs(plan, epoch, int(jax.device_get(state.step)), mesh,
                                           lr_epoch=schedule.lr_epoch)
+    label_repeats = train_state.step_label_repeats(config, plan)
     times['plan'] = time.perf_counter() - start
+    if label_repeats not in step_fns:
+      step_fns[label_repeats] = train_state.make_train_step(model, config, mesh, phase,
+                                                            label_repeats=label_repeats)
     start = time.perf_counter()
     memories = jax.block_until_ready(common.method_memories(config, clusters, schedule, mesh))
     times['memories'] = time.perf_counter() - start
 
     start = time.perf_counter()
     state, memories, per_step = common.dispatch_steps(
-        step_fn, state, memories, iter(lambda: (visible_images, infrared_images), None),
+        step_fns[label_repeats], state, memories,
+        iter(lambda: (visible_images, infrared_images), None),
         inputs, steps)
     times['dispatch'] = time.perf_counter() - start
     per_step = jax.device_get(per_step)  # one fetch per epoch, as the trainer does
@@ -167,10 +174,11 @@ def main(argv=None) -> list[dict]:
         'infrared_clusters': int(clusters.infrared_centers.shape[0]),
         'visible_outliers': int(np.sum(clusters.visible_labels < 0)),
         'infrared_outliers': int(np.sum(clusters.infrared_labels < 0)),
-        'recompiled': capacities not in compiled_capacities,
+        'recompiled': (capacities, label_repeats) not in compiled_variants,
+        'label_repeats': label_repeats,
         'finite_losses': bool(np.isfinite(losses).all()),
     })
-    compiled_capacities.add(capacities)
+    compiled_variants.add((capacities, label_repeats))
     return times
 
   context = dict(common.device_description(), precision=common.precision(config),
@@ -186,7 +194,7 @@ def main(argv=None) -> list[dict]:
     # How long the host spent issuing steps, against the time they took to run.
     record['dispatch_fraction'] = record['dispatch_s'] / record['train_s']
     for key in ('visible_clusters', 'infrared_clusters', 'visible_outliers',
-                'infrared_outliers', 'recompiled', 'finite_losses'):
+                'infrared_outliers', 'recompiled', 'label_repeats', 'finite_losses'):
       record[key] = epochs[-1][key]
     return record
 

@@ -3,6 +3,8 @@
   python benchmarks/train_step.py                      # the paper's batch: 12 x 12 per modality
   python benchmarks/train_step.py --stage 2 --profile /tmp/trace   # also a jax.profiler trace
   python benchmarks/train_step.py --compile-only       # XLA's memory plan only (any backend)
+  python benchmarks/train_step.py --stage 2 --linear-transform-loop fixed \
+      --xla-command-buffer +WHILE,+CONDITIONAL --profile /tmp/trace   # the loop variants
   python benchmarks/train_step.py --image-size 32 16 --clusters 4 --instances 2 --width 8 \
       --block basic --stage-sizes 1 1 1 1 --num-images 64 --memory-clusters 8 8 \
       --steps 3 --repeats 2                            # the CPU smoke size of the test suite
@@ -24,6 +26,16 @@ device's busy fraction over a traced repeat and its most expensive ops.
 Inputs are synthetic: uint8 noise images, cluster labels i mod K, random unit centres matched
 by the real MBCCM matching. Speed does not depend on their content, except the multiplicative
 rectangles of visible view A, whose loop length depends on the image (noise is typical).
+
+Host round trips: each `.../compile` line counts the step's while loops, those whose trip
+count XLA does not know (`unknown_trip_count_loops`, with their JAX op names) and its
+conditionals; XLA:GPU reads the predicate of each of those on the host, every iteration, and the
+host can then not run ahead of the device. The `.../profile` line has `d2h_copies_per_step`
+from the trace (those reads, plus the metrics fetched once per repeat: 5 scalars per step).
+Variants to compare: `--linear-transform-loop` (config.augment.linear_transform_loop),
+`--memory-update` (config.memory.update_method) and `--xla-command-buffer` (XLA's
+`--xla_gpu_enable_command_buffer`, added to XLA_FLAGS before jax starts: with WHILE and
+CONDITIONAL, XLA:GPU evaluates loop predicates on the device); each line names them.
 """
 
 import argparse
@@ -54,6 +66,14 @@ def parse_args(argv):
                       help="only compile and print XLA's memory plan of each step (any backend)")
   parser.add_argument('--profile', default='',
                       help='also write a jax.profiler trace of one repeat per stage under here')
+  parser.add_argument('--linear-transform-loop', choices=('while', 'fixed', 'two_phase'),
+                      default=None, help='config.augment.linear_transform_loop (default: config)')
+  parser.add_argument('--memory-update', choices=('auto', 'sequential', 'by_rank'),
+                      default='auto', help='config.memory.update_method')
+  parser.add_argument('--xla-command-buffer', default='', metavar='TYPES',
+                      help="XLA:GPU command buffer types, e.g. '+WHILE,+CONDITIONAL' (added to "
+                           "XLA's default list) or 'FUSION,CUBLAS,WHILE,CONDITIONAL'; '' = "
+                           "XLA's default")
   return parser.parse_args(argv)
 
 
@@ -66,14 +86,16 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   from vireid_jax import host_feed
   from vireid_jax import sharding
   from vireid_jax import train_state
+  from vireid_jax import xla_loops
 
   on_device = where == 'device'
   pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
   epoch = common.first_epoch_of_stage(config, stage)
   schedule, plan = common.method_plan(config, clusters, epoch)
   memories = common.method_memories(config, clusters, schedule, mesh)
+  label_repeats = train_state.step_label_repeats(config, plan)  # as the trainer compiles it
   step_fn = train_state.make_train_step(model, config, mesh, schedule.phase,
-                                        images_on_device=on_device)
+                                        images_on_device=on_device, label_repeats=label_repeats)
   if on_device:
     resident = tuple(sharding.put_replicated(images, mesh) for images in host_images)
     batches = lambda: iter(lambda: resident, None)  # the same arrays every step
@@ -91,6 +113,8 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
       state, memories, *first_batch, inputs_at_state()).compile())
   context = dict(context, batch=3 * pairs, pairs=pairs, images=where)
   records = [common.emit({'what': f'{name}/compile', 'seconds': compile_s,
+                          'label_repeats': label_repeats,
+                          **xla_loops.host_predicates(compiled.as_text()),
                           **common.memory_analysis_mb(compiled)}, context)]
   if args.compile_only:
     return state, records
@@ -127,6 +151,8 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
     trace = {}
     with common.profile(args.profile, f'train_step_stage{stage}_{where}', trace):
       run_repeat()
+    if 'd2h_copies' in trace:
+      trace['d2h_copies_per_step'] = trace['d2h_copies'] / args.steps
     records.append(common.emit({'what': f'{name}/profile',
                                 'steps': args.steps, **trace}, context))
   return state, records
@@ -134,12 +160,21 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
+  if args.xla_command_buffer:
+    if 'jax' in sys.modules:  # XLA reads its flags once, when the backend starts
+      common.log('--xla-command-buffer: jax was imported before main(); the flag may be ignored')
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_gpu_enable_command_buffer={args.xla_command_buffer}')
+  from vireid_jax import memory
   from vireid_jax import models
   from vireid_jax import sharding
   from vireid_jax import train_state
 
   config = common.make_config(args)
   config.sampler.steps_per_epoch = args.steps
+  config.memory.update_method = args.memory_update
+  if args.linear_transform_loop:
+    config.augment.linear_transform_loop = args.linear_transform_loop
   mesh = sharding.make_mesh()
   pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
   sharding.check_divisible(pairs, mesh, 'images per modality per step (--clusters x --instances)')
@@ -151,7 +186,10 @@ def main(argv=None) -> list[dict]:
   clusters = common.synthetic_clusters(args.num_images, args.num_images, *args.memory_clusters,
                                        dim=model.num_features, seed=args.seed, config=config)
   state = train_state.create_train_state(config, model, mesh, say=common.log)
-  context = dict(common.device_description(), precision=common.precision(config))
+  context = dict(common.device_description(), precision=common.precision(config),
+                 memory_update=memory.resolve_update_method(config.memory.update_method),
+                 linear_transform_loop=config.augment.linear_transform_loop,
+                 xla_command_buffer=args.xla_command_buffer)
   records = []
   for stage in args.stage:
     for where in args.images:

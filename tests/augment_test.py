@@ -210,6 +210,52 @@ def test_multiply_rectangles_stops_at_the_first_rectangle_meeting_the_rule():
   assert np.all(capped_scale[~stopped].min(axis=(1, 2, 3)) > 1e-6)
 
 
+def _rectangle_batch():
+  """Images whose loops stop after very different counts: noise, dim, flat, and black ones
+  (never meet the rule: they run to the bound)."""
+  images = np.random.RandomState(18).uniform(0.0, 1.0, (40, 24, 12, 3)).astype(np.float32)
+  images[:4] = 0
+  images[4:8] *= 1e-3
+  images[8:12] = 0.5
+  return jnp.asarray(images)
+
+
+@pytest.mark.parametrize('loop, first_phase, slots', [
+    ('fixed', 24, 16), ('two_phase', 24, 16), ('two_phase', 4, 3), ('two_phase', 10, 40),
+    ('two_phase', 64, 2)])
+def test_rectangle_loop_forms_give_equal_outputs(loop, first_phase, slots):
+  images = _rectangle_batch()
+  keys = jax.random.split(jax.random.key(19), len(images))
+  active = jnp.arange(len(images)) % 5 != 2  # some samples skip the transform
+  run = lambda cfg: [np.asarray(a) for a in jax.jit(
+      lambda k, x, a: augment.multiply_rectangles_batch(k, x, cfg, a))(keys, images, active)]
+  want = run(DEFAULT)  # 'while'
+  assert DEFAULT.linear_transform_loop == 'while'
+  counts = want[2]
+  # The batch spans what the forms must agree on: skipped, early, late and capped samples,
+  # and (first_phase 4, 3 slots) more stragglers than slots.
+  assert counts.min() == 0 and counts.max() == DEFAULT.linear_transform_max_rects
+  assert np.sum((counts > 4) & (counts < DEFAULT.linear_transform_max_rects)) > 3
+  cfg = dataclasses.replace(DEFAULT, linear_transform_loop=loop,
+                            linear_transform_first_phase=first_phase,
+                            linear_transform_straggler_slots=slots)
+  for name, got, expected in zip(('images', 'scale', 'num_rects'), run(cfg), want):
+    np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+@pytest.mark.parametrize('loop', ['fixed', 'two_phase'])
+def test_augment_batch_is_the_same_with_every_rectangle_loop(loop):
+  visible, infrared = jnp.asarray(_images(20, 12, 24, 12)), jnp.asarray(_images(21, 12, 24, 12))
+  cfg = dataclasses.replace(DEFAULT, linear_transform_loop=loop, linear_transform_first_phase=8,
+                            linear_transform_straggler_slots=2)
+  key = jax.random.PRNGKey(22)  # raw keys, as the train step uses
+  for got, want in zip(augment.augment_batch(key, visible, infrared, cfg, MEAN, STD),
+                       augment.augment_batch(key, visible, infrared, DEFAULT, MEAN, STD)):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match='linear_transform_loop'):
+    augment.AugmentConfig(linear_transform_loop='until')
+
+
 def _reference_rectangle_count(image, rs):
   """Rectangles the reference's LinearTransform loop draws on a (H, W, 3) [0, 1] image."""
   image, scale = image.astype(np.float64).copy(), np.ones(image.shape)

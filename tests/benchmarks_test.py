@@ -70,13 +70,80 @@ def test_train_step_script_measures_both_stages_both_image_paths(run_script):
   for compile_record in records[0::2]:
     assert_positive_finite(compile_record, ['seconds', 'step_arguments_mb',
                                             'step_temporaries_mb'])
+    # CPU default: sequential memory updates (a scan) and the 'while' rectangles loop, the
+    # only loop whose trip count XLA cannot know.
+    assert compile_record['label_repeats'] is None
+    assert compile_record['unknown_trip_count_loops'] == 1
+    assert 'multiply_rectangles' in compile_record['unknown_trip_count_ops'][0]
+    assert compile_record['while_loops'] > 1 and compile_record['conditionals'] == 0
   for step in records[1::2]:
     assert_positive_finite(step, ['median_ms', 'min_ms', 'images_per_s', 'dispatch_ms',
                                   'host_peak_mb'])
+    assert step['linear_transform_loop'] == 'while' and step['memory_update'] == 'sequential'
+    assert step['xla_command_buffer'] == ''
     assert step['min_ms'] <= step['median_ms']
     assert step['images_per_s'] == pytest.approx(24 / (step['median_ms'] / 1e3), rel=1e-6)
     assert step['repeats'] == 2 and step['steps_per_repeat'] == 3
     assert step['finite_losses'] is True and step['last_loss'] > 0
+
+
+def test_train_step_script_runs_the_loop_variants(run_script, tmp_path):
+  records = run_script('train_step.py', *TINY_MODEL, *TINY_BATCH, '--num-images', '64',
+                       '--memory-clusters', '8', '8', '--steps', '2', '--repeats', '1',
+                       '--stage', '2', '--images', 'device', '--linear-transform-loop', 'fixed',
+                       '--memory-update', 'by_rank', '--xla-command-buffer',
+                       '+WHILE,+CONDITIONAL', '--profile', str(tmp_path))
+  assert [r['what'] for r in records] == ['train_step/stage2/compile', 'train_step/stage2',
+                                          'train_step/stage2/profile']
+  compile_record, step, profile = records
+  # by_rank with the plan's bound and the fixed rectangles: no loop the host must check.
+  assert compile_record['label_repeats'] >= 2 and compile_record['unknown_trip_count_loops'] == 0
+  for record in records:
+    assert record['linear_transform_loop'] == 'fixed' and record['memory_update'] == 'by_rank'
+    assert record['xla_command_buffer'] == '+WHILE,+CONDITIONAL'
+  assert step['finite_losses'] is True
+  assert profile['d2h_copies_per_step'] == 0  # no device lines in a CPU trace
+  assert 0 < profile['device_busy_fraction'] <= 1
+
+
+def test_summarize_trace_counts_device_to_host_copies(tmp_path):
+  sys.path.insert(0, ROOT)
+  from benchmarks import common  # pylint: disable=import-outside-toplevel
+  import gzip  # pylint: disable=import-outside-toplevel
+  meta = lambda kind, pid, tid, name: {'ph': 'M', 'name': kind, 'pid': pid, 'tid': tid,
+                                       'args': {'name': name}}
+  span = lambda pid, tid, name, ts, dur: {'ph': 'X', 'pid': pid, 'tid': tid, 'name': name,
+                                          'ts': ts, 'dur': dur}
+  events = [meta('process_name', 1, 0, '/device:GPU:0'), meta('process_name', 2, 0, '/host:CPU'),
+            meta('thread_name', 1, 7, 'Stream #7'), meta('thread_name', 1, 9,
+                                                          'Stream #9(MemcpyD2H)'),
+            span(1, 7, 'fusion.3', 0, 40), span(1, 7, 'MemcpyD2H', 40, 5),
+            span(1, 9, 'copy', 50, 5),  # a D2H line, however the event is named
+            span(1, 7, 'fusion.4', 60, 40), span(1, 7, 'MemcpyH2D', 100, 5),
+            span(2, 1, 'MemcpyD2H', 0, 200)]  # host-side: not the device's
+  trace_dir = tmp_path / 'plugins' / 'profile' / 'run'
+  trace_dir.mkdir(parents=True)
+  with gzip.open(trace_dir / 'host.trace.json.gz', 'wt') as f:
+    json.dump({'traceEvents': events}, f)
+  summary = common.summarize_trace(str(tmp_path))
+  assert summary['d2h_copies'] == 2
+  assert summary['trace_window_ms'] == pytest.approx(0.2)
+  assert summary['device_busy_fraction'] == pytest.approx(95 / 200)  # 0-45, 50-55, 60-105
+  assert summary['top_ops'][0] == ['fusion', 0.08]
+
+
+def test_rectangle_loops_script_checks_every_form_against_while(run_script):
+  records = run_script('rectangle_loops.py', '--batch', '6', '--image-size', '24', '12',
+                       '--calls', '2', '--repeats', '2', '--first-phase', '4',
+                       '--straggler-slots', '2')
+  assert [r['what'] for r in records] == ['rectangle_loops/while', 'rectangle_loops/fixed',
+                                          'rectangle_loops/two_phase']
+  for record in records:
+    assert_positive_finite(record, ['median_ms', 'min_ms', 'compile_s', 'rectangles_mean'])
+    assert record['equal_to_while'] is True and record['max_abs_diff_to_while'] == 0
+    assert record['first_phase'] == 4 and record['straggler_slots'] == 2
+  assert [r['unknown_trip_count_loops'] for r in records] == [1, 0, 0]
+  assert [r['conditionals'] for r in records] == [0, 0, 1]
 
 
 def test_memory_update_script_times_both_forms_of_both_stages(run_script):
@@ -90,6 +157,7 @@ def test_memory_update_script_times_both_forms_of_both_stages(run_script):
     assert record['min_ms'] <= record['median_ms']
     assert record['batch'] == 6 and record['memory_rows'] == [32, 16]
     assert record['unit_norm_rows'] is True and record['auto_method'] == 'sequential'
+    assert record['label_repeats'] == 2  # 3 distinct labels, 2 each: by_rank runs 2 per copy
 
 
 def test_extract_script_measures_images_per_second(run_script, tmp_path):

@@ -1,6 +1,8 @@
 """MBCCM losses against a NumPy composition of the same terms, and against a PyTorch re-creation
 of the reference's autograd graph (memories updated in place inside the backward pass)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,3 +267,30 @@ def test_reference_gradients_through_the_accelerator_memory_update(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   for got, want in zip(grads(), on_cpu):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_reference_gradients_with_bounded_by_rank_rounds_match_the_reference_graph():
+  """The accelerator path as the train step runs it: by_rank updates with the step's bound
+  (3: y_i holds label 2 three times), every partial table and every update of stage 2."""
+  f_a, f_b, f_r, y_v, y_i, tables = _problem(seed=8)
+  want_loss, want_grads, want_tables = _torch_reference_step(
+      f_a, f_b, f_r, y_v, y_i, tables, 2, live_updates=True)
+  repeats = memory.label_repeats(y_v, y_i)
+  assert repeats == 3
+  settings = dict(momentum=MOMENTUM, memory_update='by_rank', label_repeats=repeats)
+
+  def loss_fn(feats):
+    return losses.stage2_loss(*feats, y_v, y_i, _memories(tables), TEMPERATURE, ALPHA, BETA,
+                              reference_memory_gradients=True, **settings)[0]
+
+  feats = tuple(jnp.asarray(f) for f in (f_a, f_b, f_r))
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(feats)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  for name, got, want in zip(('f_a', 'f_b', 'f_r'), grads, want_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
+  updated = jax.jit(functools.partial(memory.update_memories, stage=2, momentum=MOMENTUM,
+                                      method='by_rank', label_repeats=repeats))(
+      _memories(tables), *feats, jnp.asarray(y_v), jnp.asarray(y_i))
+  for name, want in zip(('visible', 'infrared', 'agnostic_visible', 'agnostic_infrared'),
+                        want_tables):
+    np.testing.assert_allclose(getattr(updated, name), want, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -1,5 +1,7 @@
 """Cluster memories: logits and the momentum update against direct NumPy computations."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from vireid_jax import memory
 from vireid_jax.methods.mbccm import memories as mbccm_memories
+from vireid_jax import sampling
 
 TEMPERATURE = 0.05
 MOMENTUM = 0.1
@@ -141,3 +144,81 @@ def test_update_memory_rejects_an_unknown_method():
   with pytest.raises(ValueError, match='by_rank'):
     memory.update_memory(jnp.zeros((2, 3)), jnp.ones((1, 3)), jnp.zeros((1,), jnp.int32), 0.1,
                          method='parallel')
+
+
+def _most_repeats(labels):
+  """The most times one label occurs in one row: the bound `label_repeats` must cover."""
+  return max(collections.Counter(row.tolist()).most_common(1)[0][1]
+             for row in np.atleast_2d(labels))
+
+
+@pytest.mark.parametrize('unit, most, width, expected', [
+    (12, 12, 144, 12), (12, 24, 144, 24), (12, 36, 144, 36), (12, 48, 144, 48),
+    (12, 60, 144, 72), (12, 13, 144, 24), (12, 100, 144, 144), (12, 24, 24, 24),
+    (5, 11, 12, 12), (1, 5, 32, 6), (1, 7, 32, 8), (1, 9, 32, 12), (1, 1, 32, 1)])
+def test_label_repeats_rounds_up_to_few_values(unit, most, width, expected):
+  rng = np.random.default_rng(most)
+  rows = rng.permutation(np.arange(3 * width) + 100).reshape(3, width)  # distinct labels
+  rows[1, :most] = 7  # one label `most` times in one row
+  other = rng.permutation(width)[None]
+  assert memory.label_repeats(rows, other, unit=unit) == expected
+  assert memory.label_repeats(other, unit=unit) == min(unit, width)  # each label once
+
+
+def test_label_repeats_covers_every_step_of_a_plan():
+  rng = np.random.default_rng(20)
+  for _ in range(20):
+    labels = rng.integers(0, rng.integers(1, 30), (5, 24))
+    bound = memory.label_repeats(labels, labels[::-1] % 3, unit=4)
+    assert max(_most_repeats(labels), _most_repeats(labels % 3)) <= bound <= 24
+  with pytest.raises(ValueError, match='one B'):
+    memory.label_repeats(np.zeros((2, 4), int), np.zeros((2, 5), int))
+
+
+def _repeating_plan(stage, seed):
+  """A plan whose steps repeat clusters: fewer clusters than slots (stage 1), colliding
+  partners of a match mask (stage 2)."""
+  visible_labels, infrared_labels = np.arange(90) % 5, np.arange(60) % 7
+  if stage == 1:
+    return sampling.stage1_plan(visible_labels, infrared_labels, 6, 6, 3, seed)
+  mask = np.zeros((7, 5), bool)
+  mask[np.arange(7), [0, 0, 0, 1, 2, 3, 4]] = True  # visible 0 partners three infrared
+  return sampling.stage2_plan(visible_labels, infrared_labels, mask, 6, 6, 3, seed)
+
+
+@pytest.mark.parametrize('stage', [1, 2])
+def test_by_rank_with_the_plan_bound_equals_sequential_on_repeated_clusters(stage):
+  plan = _repeating_plan(stage, seed=21)
+  repeats = memory.label_repeats(plan.visible_label, plan.infrared_label, unit=3)
+  assert repeats > 3  # some cluster fills several slots of a step
+  rng = np.random.default_rng(22)
+  mems = memory.Memories.from_centers(rng.normal(size=(8, 16)), rng.normal(size=(8, 16)),
+                                      num_visible=5, num_infrared=7)
+  update = jax.jit(memory.update_memories,
+                   static_argnames=('stage', 'momentum', 'method', 'label_repeats'))
+  for y_v, y_i in zip(plan.visible_label, plan.infrared_label):
+    features = [jnp.asarray(rng.normal(size=(18, 16)), jnp.float32) for _ in range(3)]
+    by_rank = update(mems, *features, y_v, y_i, stage=stage, momentum=MOMENTUM,
+                     method='by_rank', label_repeats=repeats)
+    sequential = update(mems, *features, y_v, y_i, stage=stage, momentum=MOMENTUM,
+                        method='sequential')
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 by_rank, sequential)
+
+
+def test_by_rank_bound_exact_suffices_and_one_less_poisons_that_row():
+  centers = _normalize(_random((6, 8), 23))
+  features = _random((14, 8), 24)
+  labels = np.array([4, 1, 4, 4, 0, 1, 4, 9, 4, 1, 0, 4, 5, 4], np.int32)  # 4: 7 times
+  update = jax.jit(memory.update_memory_by_rank, static_argnums=(3, 4))
+  expected = _numpy_update(centers, features, labels, MOMENTUM)
+  exact = update(jnp.asarray(centers), jnp.asarray(features), jnp.asarray(labels), MOMENTUM, 7)
+  np.testing.assert_allclose(exact, expected, rtol=1e-5, atol=1e-6)
+  short = np.asarray(update(jnp.asarray(centers), jnp.asarray(features), jnp.asarray(labels),
+                            MOMENTUM, 6))
+  assert np.all(np.isnan(short[4]))  # a bound that is too small shows, never hides
+  others = [0, 1, 2, 3, 5]
+  np.testing.assert_allclose(short[others], expected[others], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='max_rounds'):
+    memory.update_memory_by_rank(jnp.asarray(centers), jnp.asarray(features),
+                                 jnp.asarray(labels), MOMENTUM, 0)

@@ -21,8 +21,11 @@ Faithfulness notes:
   of candidates fit, so `erase_tries` (100) candidates fail together with probability
   below 1e-120; the multiplicative rectangles use the same number.
 - The multiplicative-rectangles loop stops exactly when the reference does (some pixel's
-  accumulated scale <= `linear_transform_stop`), via a per-sample `lax.while_loop`; under
-  `vmap` the batch runs until its slowest sample stops. `linear_transform_max_rects` only
+  accumulated scale <= `linear_transform_stop`). `linear_transform_loop` picks how the batch
+  runs it, with equal outputs: 'while' (until the slowest sample stops: a trip count known
+  only at run time, which XLA:GPU checks on the host every rectangle), 'fixed' (the bound for
+  every sample, finished ones masked) or 'two_phase' (a fixed first phase for the batch, the
+  rest for the few samples still drawing). `linear_transform_max_rects` only
   guards against the reference's endless loop on an all-black image: a faithful numpy rerun
   of the reference rule on padded-and-cropped 288x144 images draws 11-13 rectangles on
   average (10.6 on noise, 11.4 on smooth blocks, 12.8 on flat grey; p99 about 25, P(> 32)
@@ -38,6 +41,8 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+# How the multiplicative-rectangles loop runs (`multiply_rectangles_batch`).
+LINEAR_TRANSFORM_LOOPS = ('while', 'fixed', 'two_phase')
 # Luma weights of the reference's grey conversion (`ChannelAdapGray`; MATLAB rgb2gray's Rec. 601).
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
@@ -60,6 +65,9 @@ class AugmentConfig:
   erase_fill_in_normalized_space: bool = True
   linear_transform_max_rects: int = 64
   linear_transform_stop: float = 1e-6
+  linear_transform_loop: str = 'while'
+  linear_transform_first_phase: int = 24
+  linear_transform_straggler_slots: int = 16
   infrared_grey_prob: float = 0.5
 
   def __post_init__(self):
@@ -75,6 +83,14 @@ class AugmentConfig:
                        f'{self.pad}, {self.erase_tries}, {self.linear_transform_max_rects}')
     if len(self.erase_fill) != 3:
       raise ValueError(f'augment.erase_fill needs 3 values (R, G, B), got {self.erase_fill}')
+    if self.linear_transform_loop not in LINEAR_TRANSFORM_LOOPS:
+      raise ValueError(f'augment.linear_transform_loop must be one of {LINEAR_TRANSFORM_LOOPS}, '
+                       f'got {self.linear_transform_loop!r}')
+    if self.linear_transform_first_phase < 1 or self.linear_transform_straggler_slots < 1:
+      raise ValueError('augment.linear_transform_first_phase and '
+                       'augment.linear_transform_straggler_slots must be >= 1; got '
+                       f'{self.linear_transform_first_phase}, '
+                       f'{self.linear_transform_straggler_slots}')
 
   @classmethod
   def from_config(cls, augment_config) -> 'AugmentConfig':
@@ -91,6 +107,9 @@ class AugmentConfig:
         erase_fill_in_normalized_space=bool(augment_config.erase_fill_in_normalized_space),
         linear_transform_max_rects=int(augment_config.linear_transform_max_rects),
         linear_transform_stop=float(augment_config.linear_transform_stop),
+        linear_transform_loop=str(augment_config.linear_transform_loop),
+        linear_transform_first_phase=int(augment_config.linear_transform_first_phase),
+        linear_transform_straggler_slots=int(augment_config.linear_transform_straggler_slots),
         infrared_grey_prob=float(augment_config.infrared_grey_prob),
     )
 
@@ -209,16 +228,136 @@ def _rectangle_mask_from_uniforms(u: jax.Array, height: int, width: int,
 
 # --- photometric -----------------------------------------------------------------------------
 
+# One sample's rectangles loop state: (count () int32 rectangles drawn, image (H, W, 3) float32,
+# scale (H, W, 3) float32 accumulated factors, done () bool: the stop rule was met).
+RectangleState = Tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+def _still_drawing(state: RectangleState, cfg: AugmentConfig) -> jax.Array:
+  count, _, _, done = state
+  return (~done) & (count < cfg.linear_transform_max_rects)
+
+
+def _add_rectangle(rng: jax.Array, state: RectangleState,
+                   cfg: AugmentConfig) -> RectangleState:
+  """One rectangle of the reference's loop; its draws depend only on (rng, count)."""
+  count, image, scale, _ = state
+  height, width = image.shape[:2]
+  num_rect_uniforms = 2 * cfg.erase_tries + 2
+  u = jax.random.uniform(jax.random.fold_in(rng, count), (num_rect_uniforms + 3,))
+  mask = _rectangle_mask_from_uniforms(u[:num_rect_uniforms], height, width, cfg)
+  mask = mask[..., None]  # (H, W, 1)
+  region_max = jnp.max(jnp.where(mask, image, 0.0), axis=(0, 1))  # (3,); image >= 0
+  beta = _beta_half(u[num_rect_uniforms:])  # (3,) one draw per channel
+  alpha = jnp.where(region_max > 0, beta / region_max, 1.0)
+  factor = jnp.where(mask, alpha, 1.0)  # (H, W, 3)
+  scale = scale * factor
+  return count + 1, image * factor, scale, jnp.min(scale) <= cfg.linear_transform_stop
+
+
+def _draw_until_done(rng: jax.Array, state: RectangleState,
+                     cfg: AugmentConfig) -> RectangleState:
+  """The 'while' form: a loop whose trip count is the data's (the slowest sample's in a batch)."""
+  return jax.lax.while_loop(functools.partial(_still_drawing, cfg=cfg),
+                            functools.partial(_add_rectangle, rng, cfg=cfg), state)
+
+
+def _draw(rng: jax.Array, state: RectangleState, cfg: AugmentConfig,
+          num_steps: int) -> RectangleState:
+  """`num_steps` (static) turns of the loop; a sample that stopped keeps its state exactly."""
+
+  def turn(_, state):
+    drawing = _still_drawing(state, cfg)
+    drawn = _add_rectangle(rng, state, cfg)
+    return tuple(jnp.where(drawing, new, old) for new, old in zip(drawn, state))
+
+  return jax.lax.fori_loop(0, num_steps, turn, state)
+
+
+def _draw_batch(rngs: jax.Array, state: RectangleState, cfg: AugmentConfig,
+                num_steps: int) -> RectangleState:
+  return jax.vmap(lambda rng, s: _draw(rng, s, cfg, num_steps))(rngs, state)
+
+
+def _draw_in_two_phases(rngs: jax.Array, state: RectangleState,
+                        cfg: AugmentConfig) -> RectangleState:
+  """The 'two_phase' form: every sample draws `linear_transform_first_phase` rectangles, then
+  the samples still drawing (few: the count's p99 is about 25) draw the rest compacted into
+  `linear_transform_straggler_slots` rows; stragglers beyond the slots (none in practice)
+  draw the rest under a lax.cond over the whole batch. Every trip count is static."""
+  batch = state[1].shape[0]
+  cap = cfg.linear_transform_max_rects
+  first = min(cfg.linear_transform_first_phase, cap)
+  state = _draw_batch(rngs, state, cfg, first)
+  rest = cap - first
+  if rest == 0:
+    return state
+  drawing = jax.vmap(functools.partial(_still_drawing, cfg=cfg))(state)  # (B,)
+  slots = min(cfg.linear_transform_straggler_slots, batch)
+  (taken,) = jnp.nonzero(drawing, size=slots, fill_value=batch)  # B marks an empty slot
+  rows = jnp.minimum(taken, batch - 1)
+  count, image, scale, done = (a[rows] for a in state)
+  stragglers = (count, image, scale, done | (taken == batch))  # empty slots draw nothing
+  stragglers = _draw_batch(rngs[rows], stragglers, cfg, rest)
+  state = tuple(a.at[taken].set(b, mode='drop') for a, b in zip(state, stragglers))
+  if slots == batch:  # static: every sample had a slot
+    return state
+  left_out = drawing.at[taken].set(False, mode='drop')
+
+  def draw_left_out(state):
+    count, image, scale, done = state
+    return _draw_batch(rngs, (count, image, scale, done | ~left_out), cfg, rest)
+
+  return jax.lax.cond(jnp.any(left_out), draw_left_out, lambda state: state, state)
+
+
+def multiply_rectangles_batch(rngs: jax.Array, images: jax.Array, cfg: AugmentConfig,
+                              active: jax.Array | None = None
+                              ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """The loop of the reference's `LinearTransform` on a batch, each image with its own key.
+
+  Per image: draw a rectangle; for each channel whose current maximum inside it is > 0,
+  multiply that channel inside it by Beta(0.5, 0.5) / (that maximum), so the new maximum is the
+  Beta draw; track the product of factors per pixel; stop once any pixel's product is
+  <= `linear_transform_stop` (or after `linear_transform_max_rects` rectangles, which only an
+  image with (almost) no positive pixel reaches; the reference would loop forever there).
+
+  `cfg.linear_transform_loop` picks how the loop runs; all forms give equal outputs for equal
+  keys (a rectangle's draws depend only on the image's key and its index, and a stopped image
+  is never changed again):
+    'while': until the batch's slowest image stops (a trip count known only at run time:
+      XLA:GPU reads the predicate on the host every rectangle);
+    'fixed': `linear_transform_max_rects` rectangles for every image, stopped ones masked;
+    'two_phase': see `_draw_in_two_phases`.
+
+  Args:
+    rngs: (B,) PRNG keys (typed, or (B, 2) raw uint32).
+    images: (B, H, W, 3) float32 in [0, 1].
+    active: (B,) bool; False leaves that image untouched with no rectangle drawn. None = all.
+  Returns:
+    (images (B, H, W, 3) float32 in [0, 1], scale (B, H, W, 3) float32 accumulated factors,
+    num_rects (B,) int32).
+  """
+  if active is None:
+    active = jnp.ones(images.shape[:1], jnp.bool_)
+  state = (jnp.zeros(images.shape[:1], jnp.int32), images, jnp.ones_like(images),
+           ~jnp.asarray(active, jnp.bool_))
+  loop = cfg.linear_transform_loop
+  with jax.named_scope('multiply_rectangles'):  # how tests find this loop in compiled HLO
+    if loop == 'while':
+      state = jax.vmap(lambda rng, s: _draw_until_done(rng, s, cfg))(rngs, state)
+    elif loop == 'fixed':
+      state = _draw_batch(rngs, state, cfg, cfg.linear_transform_max_rects)
+    else:
+      state = _draw_in_two_phases(rngs, state, cfg)
+  num_rects, images, scale, _ = state
+  return images, scale, num_rects
+
+
 def multiply_rectangles(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
                         active: jax.Array | bool = True
                         ) -> Tuple[jax.Array, jax.Array, jax.Array]:
-  """The loop of the reference's `LinearTransform` on one [0, 1] image.
-
-  Repeats: draw a rectangle; for each channel whose current maximum inside it is > 0, multiply
-  that channel inside it by Beta(0.5, 0.5) / (that maximum), so the new maximum is the Beta
-  draw; track the product of factors per pixel; stop once any pixel's product is
-  <= `linear_transform_stop` (or after `linear_transform_max_rects` rectangles, which only an
-  image with (almost) no positive pixel reaches; the reference would loop forever there).
+  """`multiply_rectangles_batch` on one (H, W, 3) [0, 1] image.
 
   Args:
     rng: PRNG key.
@@ -229,47 +368,26 @@ def multiply_rectangles(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
     (image (H, W, 3) float32 in [0, 1], scale (H, W, 3) float32 accumulated factors,
     num_rects int32 scalar).
   """
-  height, width = image.shape[:2]
-  num_rect_uniforms = 2 * cfg.erase_tries + 2
+  out = multiply_rectangles_batch(rng[None], image[None], cfg,
+                                  jnp.asarray(active, jnp.bool_)[None])
+  return tuple(a[0] for a in out)
 
-  def not_done(state):
-    count, _, _, done = state
-    return (~done) & (count < cfg.linear_transform_max_rects)
 
-  def add_rectangle(state):
-    count, image, scale, _ = state
-    u = jax.random.uniform(jax.random.fold_in(rng, count), (num_rect_uniforms + 3,))
-    mask = _rectangle_mask_from_uniforms(u[:num_rect_uniforms], height, width, cfg)
-    mask = mask[..., None]  # (H, W, 1)
-    region_max = jnp.max(jnp.where(mask, image, 0.0), axis=(0, 1))  # (3,); image >= 0
-    beta = _beta_half(u[num_rect_uniforms:])  # (3,) one draw per channel
-    alpha = jnp.where(region_max > 0, beta / region_max, 1.0)
-    factor = jnp.where(mask, alpha, 1.0)  # (H, W, 3)
-    scale = scale * factor
-    return count + 1, image * factor, scale, jnp.min(scale) <= cfg.linear_transform_stop
-
-  init = (jnp.int32(0), image, jnp.ones_like(image), ~jnp.asarray(active, jnp.bool_))
-  num_rects, image, scale, _ = jax.lax.while_loop(not_done, add_rectangle, init)
-  return image, scale, num_rects
+def linear_transform_batch(rngs: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.Array:
+  """Each image of (B, H, W, 3) [0, 1] float32 through `multiply_rectangles` with probability
+  `linear_transform_prob`, else as is; rngs (B,) keys. Images that skip the transform draw no
+  rectangle."""
+  if cfg.linear_transform_prob <= 0:  # static: leave the loop out of the compiled graph
+    return images
+  keys = jax.vmap(jax.random.split)(rngs)
+  k_apply, k_loop = keys[:, 0], keys[:, 1]
+  apply = jax.vmap(jax.random.uniform)(k_apply) < cfg.linear_transform_prob
+  return multiply_rectangles_batch(k_loop, images, cfg, apply)[0]
 
 
 def linear_transform(rng: jax.Array, image: jax.Array, cfg: AugmentConfig) -> jax.Array:
-  """`multiply_rectangles` with probability `linear_transform_prob`, else the image as is.
-
-  Under `vmap` the loop runs until the batch's slowest applied sample stops; samples that
-  skip the transform start as done.
-
-  Args:
-    rng: PRNG key.
-    image: (H, W, 3) float32 in [0, 1].
-  Returns:
-    (H, W, 3) float32 in [0, 1].
-  """
-  if cfg.linear_transform_prob <= 0:  # static: leave the loop out of the compiled graph
-    return image
-  k_apply, k_loop = jax.random.split(rng)
-  apply = jax.random.uniform(k_apply) < cfg.linear_transform_prob
-  return multiply_rectangles(k_loop, image, cfg, active=apply)[0]
+  """`linear_transform_batch` on one (H, W, 3) [0, 1] float32 image."""
+  return linear_transform_batch(rng[None], image[None], cfg)[0]
 
 
 def random_erasing(rng: jax.Array, image: jax.Array, fill: jax.Array,
@@ -333,14 +451,28 @@ def erase_fill_value(cfg: AugmentConfig, mean: Sequence[float],
 
 # --- the three views (one image each) --------------------------------------------------------
 
+def augment_visible_a_batch(rngs: jax.Array, images: jax.Array, cfg: AugmentConfig,
+                            mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Visible view A of uint8 (B, H, W, 3) images, rngs (B,) keys -> normalised float32.
+
+  Per image as `augment_visible_a`; the rectangles loop runs over the batch at once, so its
+  'two_phase' form can gather the images still drawing.
+  """
+  keys = jax.vmap(lambda k: jax.random.split(k, 3))(rngs)
+  k_geom, k_linear, k_erase = keys[:, 0], keys[:, 1], keys[:, 2]
+  unit = jax.vmap(lambda k, x: to_unit(flip_pad_crop(k, x, cfg.flip_prob, cfg.pad)))(
+      k_geom, images)
+  unit = linear_transform_batch(k_linear, unit, cfg)
+  fill = erase_fill_value(cfg, mean, std)
+  return jax.vmap(lambda k, x: random_erasing(k, standardize(x, mean, std), fill, cfg))(
+      k_erase, unit)
+
+
 def augment_visible_a(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
                       mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """Visible view A of one uint8 (H, W, 3) image -> normalised (H, W, 3) float32."""
-  k_geom, k_linear, k_erase = jax.random.split(rng, 3)
-  unit = to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad))
-  unit = linear_transform(k_linear, unit, cfg)
-  normed = standardize(unit, mean, std)
-  return random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
+  """Visible view A of one uint8 (H, W, 3) image -> normalised (H, W, 3) float32: flip, pad +
+  crop, [0, 1], multiplicative rectangles (p 0.8), normalise, erase."""
+  return augment_visible_a_batch(rng[None], image[None], cfg, mean, std)[0]
 
 
 def augment_visible_b(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
@@ -386,6 +518,7 @@ def augment_batch(rng: jax.Array, visible: jax.Array, infrared: jax.Array,
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(lambda k, x: fn(k, x, aug_cfg, mean, std))(keys, images)
 
-  return (per_sample(augment_visible_a, k_a, visible),
+  return (augment_visible_a_batch(jax.random.split(k_a, visible.shape[0]), visible, aug_cfg,
+                                  mean, std),
           per_sample(augment_visible_b, k_b, visible),
           per_sample(augment_infrared, k_ir, infrared))

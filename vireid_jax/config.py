@@ -108,6 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.memory = ml_collections.ConfigDict()
   config.memory.temperature = 0.05  # logits = normalise(f) . M^T / 0.05
   config.memory.momentum = 0.1  # m <- 0.1 m + 0.9 f, then renormalise
+  # How the momentum update runs (same numbers either way): 'sequential' scans the samples,
+  # 'by_rank' updates all rows at once per occurrence rank; 'auto': sequential on CPU, by_rank
+  # on GPU/TPU.
+  config.memory.update_method = 'auto'
 
   # --- losses (SPEC.md step 7) ---
   config.loss = ml_collections.ConfigDict()
@@ -141,6 +145,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment.erase_fill_in_normalized_space = True
   config.augment.linear_transform_max_rects = 64  # bound on rectangles drawn (the reference loops until a pixel's scale <= 1e-6)
   config.augment.linear_transform_stop = 1e-6
+  # The rectangles loop (same outputs for the same key in every form): 'while' stops when the
+  # batch's slowest sample does (XLA:GPU reads that predicate on the host every rectangle);
+  # 'fixed' draws linear_transform_max_rects for every sample, finished ones masked;
+  # 'two_phase' runs linear_transform_first_phase for the whole batch, then the remaining
+  # rectangles only for the samples still running, compacted into linear_transform_straggler_slots
+  # (more stragglers than slots: one lax.cond runs the rest for the whole batch).
+  config.augment.linear_transform_loop = 'while'
+  config.augment.linear_transform_first_phase = 24
+  config.augment.linear_transform_straggler_slots = 16
   config.augment.infrared_grey_prob = 0.5  # the 4th infrared case converts to grey with p 0.5
 
   # --- optimiser (SPEC.md step 8) ---
@@ -232,6 +245,8 @@ _CHOICES = {
     'data.train_resize': ('lanczos', 'bicubic'),
     'model.block': ('bottleneck', 'basic'),
     'model.dtype': ('auto', 'float32', 'bfloat16'),
+    'memory.update_method': ('auto', 'sequential', 'by_rank'),
+    'augment.linear_transform_loop': ('while', 'fixed', 'two_phase'),
     'cluster.on_no_clusters': ('stop', 'skip'),
     'cluster.rank_by': ('dot', 'l2'),
     'eval.sysu_mode': ('all', 'indoor'),

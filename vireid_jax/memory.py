@@ -143,21 +143,29 @@ def update_memory_sequential(centers: jax.Array, features: jax.Array, labels: ja
 
 
 def update_memory_by_rank(centers: jax.Array, features: jax.Array, labels: jax.Array,
-                          momentum: float) -> jax.Array:
+                          momentum: float, max_rounds: Optional[int] = None) -> jax.Array:
   """The sequential momentum update, computed one occurrence rank at a time.
 
   A row's update depends only on the samples carrying its label, in batch order; rows never
   interact. So round r updates, at once, every row whose label has an r-th sample in the batch,
-  with exactly the per-row arithmetic of the sequential loop. The loop runs max-occurrences
-  rounds (about 12-36 for a batch of 12 clusters x 12 images) instead of N, but each round
-  touches min(N, K) rows: the right trade on an accelerator, where a loop iteration costs far
-  more than its few small kernels, and the wrong one on a CPU.
+  with exactly the per-row arithmetic of the sequential loop; a row whose samples are used up
+  keeps its value through the remaining rounds. Each round touches min(N, K) rows: the right
+  trade on an accelerator, where a loop iteration costs far more than its few small kernels,
+  and the wrong one on a CPU.
+
+  The number of rounds is static, so XLA knows the loop's trip count (XLA:GPU would otherwise
+  copy the loop predicate to the host every round, and the host could never run ahead of the
+  device). It must cover the most samples any one label has in `labels`: `max_rounds` is that
+  bound when the caller knows it (see `label_repeats`), else N, which always holds.
 
   Args:
     centers: (K, C) float32 memory table.
     features: (N, C) features, normalised here before they are written.
     labels: (N,) int memory row of each sample; a label outside [0, K) skips the sample.
     momentum: weight of the old row (0.1).
+    max_rounds: static upper bound of the samples of one label; None = N. A label with more
+      samples than this is a caller's bug: its row becomes NaN (so the next loss is NaN and
+      the trainer stops), never a silently partial update.
 
   Returns:
     (K, C) float32 updated table; equal to `update_memory_sequential` to float32 rounding.
@@ -165,6 +173,10 @@ def update_memory_by_rank(centers: jax.Array, features: jax.Array, labels: jax.A
   centers = jax.lax.stop_gradient(centers.astype(jnp.float32))
   features = l2_normalize(jax.lax.stop_gradient(features), dtype=jnp.float32)
   num_rows, num_samples = centers.shape[0], features.shape[0]
+  rounds = num_samples if max_rounds is None else min(int(max_rounds), num_samples)
+  if rounds < 1:
+    raise ValueError(f'max_rounds must be a positive int (a bound on the samples of one '
+                     f'label), got {max_rounds!r}')
   labels = labels.astype(jnp.int32)
   # Skipped samples get key K so they sort after every real row.
   keys = jnp.where((labels >= 0) & (labels < num_rows), labels, num_rows)
@@ -185,7 +197,9 @@ def update_memory_by_rank(centers: jax.Array, features: jax.Array, labels: jax.A
                      _momentum_step(rows, features[sample], momentum), rows)
 
   rows = centers[jnp.minimum(group_label, num_rows - 1)]
-  rows = jax.lax.fori_loop(0, jnp.max(group_count), round_, rows)
+  with jax.named_scope('memory_rounds'):
+    rows = jax.lax.fori_loop(0, rounds, round_, rows)
+  rows = jnp.where((group_count > rounds)[:, None], jnp.nan, rows)
   # Padding groups carry label K and are dropped; real labels are distinct, so no collisions.
   return centers.at[group_label].set(rows, mode='drop')
 
@@ -224,8 +238,64 @@ def update_memory_hard(centers: jax.Array, features: jax.Array, labels: jax.Arra
   return jnp.where(present[:, None], updated, centers)
 
 
+def label_repeats(*labels: ArrayLike, unit: int = 1) -> int:
+  """A static bound of how often one label occurs in one step, for `update_memories`.
+
+  Host side (numpy), from the labels of every step the bound must serve: the most times one
+  label occurs in one row, over every row of every array, rounded up to unit x (1, 2, 3, 4,
+  6, 8, 12, 16, ...) and capped at the row length B. The rounding keeps the set of values a
+  run meets (one compiled step per value) small, at fewer than 1.5x the rounds needed.
+
+  With the samplers' plans, a label fills `instances_per_cluster` positions per cluster slot,
+  so `unit=instances_per_cluster` gives unit x (slots of the most repeated cluster): stage 1
+  draws distinct clusters per step (1 slot) unless a modality has fewer clusters than slots;
+  stage 2 repeats a visible (infrared) cluster when it is the partner of several drawn
+  infrared (visible) clusters, or also drawn itself (2 slots in about 1 step in 10 at a few
+  hundred clusters, 3 rarely).
+
+  Args:
+    *labels: (steps, B) or (B,) int arrays, e.g. an EpochPlan's visible_label and
+      infrared_label; every array has rows of the same length B.
+    unit: counts are multiples of this (instances_per_cluster); 1 for arbitrary labels.
+
+  Returns:
+    An int in [1, B].
+  """
+  rows = [np.atleast_2d(np.asarray(a)) for a in labels]
+  if not rows or any(r.ndim != 2 or r.shape[1] != rows[0].shape[1] for r in rows):
+    raise ValueError('label_repeats needs label arrays of shape (steps, B) with one B, got '
+                     f'{[np.shape(a) for a in labels]}')
+  if unit < 1:
+    raise ValueError(f'unit must be a positive int, got {unit!r}')
+  width = rows[0].shape[1]
+  most = 0
+  for row_labels in rows:
+    if row_labels.size:
+      ordered = np.sort(row_labels, axis=1)
+      starts = np.ones(ordered.shape, bool)
+      starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+      run_id = np.cumsum(starts.ravel()) - 1  # one id per (row, label) run
+      most = max(most, int(np.bincount(run_id).max()))
+  units = max(1, -(-most // unit))
+  power = 1 << max(0, units - 1).bit_length()  # the next power of two >= units
+  bucket = 3 * power // 4 if units <= 3 * power // 4 else power  # or 3/4 of it
+  return max(1, min(unit * bucket, width))
+
+
+UPDATE_METHODS = ('auto', 'sequential', 'by_rank')
+
+
+def resolve_update_method(method: str) -> str:
+  """'sequential' or 'by_rank': what `method` ('auto' = by backend) runs on this backend."""
+  if method not in UPDATE_METHODS:
+    raise ValueError(f'method must be one of {UPDATE_METHODS}, got {method!r}')
+  if method == 'auto':
+    return 'sequential' if jax.default_backend() == 'cpu' else 'by_rank'
+  return method
+
+
 def update_memory(centers: jax.Array, features: jax.Array, labels: jax.Array, momentum: float,
-                  *, method: str = 'auto') -> jax.Array:
+                  *, method: str = 'auto', max_rounds: Optional[int] = None) -> jax.Array:
   """Momentum-updates `centers` with each (normalised feature, label), one at a time, in order.
 
   m_y <- momentum * m_y + (1 - momentum) * normalise(f), then m_y <- m_y / |m_y|.
@@ -238,14 +308,18 @@ def update_memory(centers: jax.Array, features: jax.Array, labels: jax.Array, mo
     method: 'sequential' (lax.scan over samples), 'by_rank' (lax loop over occurrence ranks),
       or 'auto': sequential on CPU, by_rank on GPU/TPU. Both give the same result to float32
       rounding.
+    max_rounds: by_rank only: static bound of the samples of one label (None = N); see
+      `update_memory_by_rank`.
 
   Returns:
     (K, C) float32 updated table.
   """
-  if method == 'auto':
-    method = 'sequential' if jax.default_backend() == 'cpu' else 'by_rank'
+  method = resolve_update_method(method)
   if method == 'sequential':
     return update_memory_sequential(centers, features, labels, momentum)
-  if method == 'by_rank':
-    return update_memory_by_rank(centers, features, labels, momentum)
-  raise ValueError(f"method must be 'auto', 'sequential' or 'by_rank', got {method!r}")
+  return update_memory_by_rank(centers, features, labels, momentum, max_rounds)
+
+
+def rounds_bound(label_repeats: Optional[int], copies: int) -> Optional[int]:
+  """`max_rounds` of an update whose labels are `copies` step label arrays end to end."""
+  return None if label_repeats is None else copies * label_repeats

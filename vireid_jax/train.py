@@ -115,7 +115,7 @@ class Trainer:
       self.cluster_extract_fns = extract_lib.make_extract_fn(
           self.model, tuple(config.data.mean), tuple(config.data.std), c.flip,
           renormalize=c.renormalize)
-    self._step_fns = {}  # phase -> the jitted step of that phase, made when first needed
+    self._step_fns = {}  # (phase, label_repeats) -> jitted step, made when first needed
     self.history: list[dict] = []
     self.best = {'mAP': -1.0, 'epoch': -1}
     self.start_epoch = 0
@@ -177,13 +177,15 @@ class Trainer:
         self.config, self.extract, self.test_visible, self.test_infrared, trials=trials)
     return results, evaluate_lib.shared_headline(self.config, results)
 
-  def step_fn(self, phase):
-    """The jitted train step of the method's `phase` (made once per phase)."""
-    if phase not in self._step_fns:
-      self._step_fns[phase] = train_state.make_train_step(
+  def step_fn(self, phase, label_repeats: train_state.LabelRepeats | None):
+    """The jitted train step of the method's `phase` whose memory updates loop for
+    `label_repeats` (both static; made once per pair, a few per run)."""
+    key = (phase, label_repeats)
+    if key not in self._step_fns:
+      self._step_fns[key] = train_state.make_train_step(
           self.model, self.config, self.mesh, phase, self.images_on_device,
-          step_fns=self.method.step_fns(self.config, phase))
-    return self._step_fns[phase]
+          step_fns=self.method.step_fns(self.config, phase, label_repeats))
+    return self._step_fns[key]
 
   def cluster(self, schedule: methods.EpochSchedule, visible_features: np.ndarray,
               infrared_features: np.ndarray) -> epoch_clustering.EpochClusters | None:
@@ -221,7 +223,8 @@ class Trainer:
                                           lr_epoch=schedule.lr_epoch)
     memories = self.method.build_memories(config, schedule, clusters, clusters.association)
     memories = sharding.put_replicated(jax.device_get(memories), self.mesh)
-    step_fn = self.step_fn(schedule.phase)
+    # One bound for the whole epoch (the plan is known): a few compiled steps per run.
+    step_fn = self.step_fn(schedule.phase, train_state.step_label_repeats(config, plan))
     steps = plan.visible_index.shape[0]
     if self.images_on_device:
       batches = ((self.visible_images, self.infrared_images) for _ in range(steps))

@@ -14,7 +14,7 @@ method's comes from its `StepFns` (vireid_jax/methods).
 
 import functools
 import os
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vireid_jax import console
 from vireid_jax import initial_weights
+from vireid_jax import memory as memory_lib
 from vireid_jax import methods
 from vireid_jax import models
 from vireid_jax import multihost
@@ -151,8 +152,30 @@ def put_epoch_inputs(plan: sampling.EpochPlan, epoch: int, first_step: int,
   return sharding.put_global(inputs, epoch_sharding(mesh))
 
 
+class LabelRepeats(NamedTuple):
+  """Static bounds of how often one cluster label occurs in one step of a plan, per modality
+  (`memory.label_repeats` of the plan's visible_label and infrared_label arrays)."""
+  visible: int
+  infrared: int
+
+
+def step_label_repeats(config: ml_collections.ConfigDict,
+                       plan: sampling.EpochPlan) -> Optional[LabelRepeats]:
+  """`make_train_step`'s label_repeats for the steps of `plan` (host side, numpy).
+
+  None where the memories are updated sequentially (the CPU default): the bound would change
+  nothing there, and leaving it out keeps one compiled step per phase.
+  """
+  if memory_lib.resolve_update_method(config.memory.update_method) != 'by_rank':
+    return None
+  unit = config.sampler.instances_per_cluster
+  return LabelRepeats(memory_lib.label_repeats(plan.visible_label, unit=unit),
+                      memory_lib.label_repeats(plan.infrared_label, unit=unit))
+
+
 def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
-                    images_on_device: bool = True, step_fns: methods.StepFns | None = None):
+                    images_on_device: bool = True, step_fns: methods.StepFns | None = None,
+                    label_repeats: Optional[LabelRepeats] = None):
   """The jitted train step of one phase of the configured method, sharded over `mesh`.
 
   With `images_on_device` the step is (state, memories, visible_images (Nv,H,W,3) uint8,
@@ -168,10 +191,16 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
     mesh: the device mesh.
     phase: the method's static phase (its `EpochSchedule.phase`, e.g. MBCCM's stage 1 or 2).
     images_on_device: see above.
-    step_fns: the method's pieces; default `methods.for_config(config).step_fns(config, phase)`.
+    step_fns: the method's pieces; default `methods.for_config(config).step_fns(config, phase,
+      label_repeats)`.
+    label_repeats: static bounds of how often one cluster label occurs in one step
+      (`step_label_repeats` of the epoch's plan): the by-rank memory updates loop that many
+      rounds per copy of the labels, a trip count XLA knows. None: as many rounds as samples
+      (always correct, slower). A step given a plan that exceeds it writes NaN rows into the
+      memories (the next loss is NaN and the run stops).
   """
   if step_fns is None:
-    step_fns = methods.for_config(config).step_fns(config, phase)
+    step_fns = methods.for_config(config).step_fns(config, phase, label_repeats)
   tx = make_optimizer(config.optim)
 
   def loss_fn(params, batch_stats, memories, visible_inputs, infrared_inputs, y_v, y_i):

@@ -13,14 +13,17 @@ What a method decides, per epoch (host side, numpy) and per step (device side, p
       -> (arrays: dict[str, ndarray], stats)     clusters (process 0 only; shared by the core)
   build_memories(config, schedule, clusters, arrays) -> pytree of arrays (its memory tables)
   plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.EpochPlan
-  step_fns(config, phase) -> StepFns             augment / loss / update_memories of one step
+  step_fns(config, phase, label_repeats)         augment / loss / update_memories of one step
+      -> StepFns
 
 The core's step (train_state.make_train_step) gathers each modality's images by the plan,
 calls `augment`, runs the network on [visible inputs; infrared inputs], splits the neck
 features back per modality, differentiates `loss` with respect to the parameters, applies the
 optimiser, then calls `update_memories` with the same features. Everything a step reads comes
 from the device (the plan of the whole epoch goes there once), so the step stays a pure
-function of device arrays; `phase` is static and the core compiles one step per phase.
+function of device arrays; `phase` is static and the core compiles one step per phase (and per
+`label_repeats`, the static bound of the memory updates' rounds on accelerators that the core
+computes from each epoch's plan: `train_state.step_label_repeats`; None on CPU).
 """
 
 import dataclasses
@@ -117,7 +120,11 @@ class Method:
     plan_epoch: (config, schedule, clusters, arrays, (visible_set, infrared_set), rng)
       -> sampling.EpochPlan, the image indices and labels of every step of the epoch; the
       ImageSets carry cameras and paths (no images). `rng` is seeded by (config.seed, epoch).
-    step_fns: (config, phase) -> StepFns for the compiled step of that phase.
+    step_fns: (config, phase, label_repeats) -> StepFns for the compiled step of that phase.
+      `label_repeats` is None or a `train_state.LabelRepeats` (visible, infrared): how often
+      one cluster label occurs at most in one step's labels of each modality; the method
+      passes the bound of each memory update (`memory.rounds_bound`) to `memory.update_memory`
+      as max_rounds, so the by-rank update's loop has a trip count XLA knows.
     reporting: what the reports show of this method.
   """
   name: str
@@ -127,7 +134,7 @@ class Method:
   associate: Callable[..., Tuple[Association, dict]]
   build_memories: Callable[..., Any]
   plan_epoch: Callable[..., Any]
-  step_fns: Callable[[ml_collections.ConfigDict, Hashable], StepFns]
+  step_fns: Callable[..., StepFns]
   reporting: Reporting = Reporting()
 
 

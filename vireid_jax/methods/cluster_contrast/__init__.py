@@ -78,8 +78,12 @@ def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.
                               rng)
 
 
-def step_fns(config, phase) -> methods.StepFns:
+def step_fns(config, phase, label_repeats=None) -> methods.StepFns:
+  """The step's pieces; `label_repeats` bounds the by-rank memory rounds (None = N)."""
   del phase  # one phase
+  method = config.memory.update_method
+  bound = lambda modality, copies: memory_lib.rounds_bound(
+      None if label_repeats is None else label_repeats[modality], copies)
   aug_cfg = augment.AugmentConfig.from_config(config.augment)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   temperature, momentum = config.memory.temperature, config.memory.momentum
@@ -102,8 +106,10 @@ def step_fns(config, phase) -> methods.StepFns:
   def update_fn(memories, f_visible, f_infrared, y_v, y_i):
     f_a, f_b = jnp.split(f_visible, 2)
     visible = memory_lib.update_memory(memories.visible, jnp.concatenate([f_b, f_a]),
-                                       jnp.concatenate([y_v, y_v]), momentum)
-    infrared = memory_lib.update_memory(memories.infrared, f_infrared, y_i, momentum)
+                                       jnp.concatenate([y_v, y_v]), momentum, method=method,
+                                       max_rounds=bound(0, 2))
+    infrared = memory_lib.update_memory(memories.infrared, f_infrared, y_i, momentum,
+                                        method=method, max_rounds=bound(1, 1))
     return memories.replace(visible=visible, infrared=infrared)
 
   return methods.StepFns(augment=augment_fn, loss=loss_fn, update_memories=update_fn)

@@ -72,14 +72,21 @@ def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.
                               s.instances_per_cluster, rng)
 
 
-def step_fns(config, stage: int) -> methods.StepFns:
-  """View A and view B of every visible image, one infrared view; the stage's loss."""
+def step_fns(config, stage: int, label_repeats=None) -> methods.StepFns:
+  """View A and view B of every visible image, one infrared view; the stage's loss.
+
+  `label_repeats`: the static bound of the memory updates' rounds (None = N; see
+  `memories.update_memories`); y_v and y_i have one entry per pair position, so one bound
+  serves both."""
   aug_cfg = augment.AugmentConfig.from_config(config.augment)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   temperature = config.memory.temperature
+  repeats = None if label_repeats is None else max(label_repeats)
+  memory_update = dict(method=config.memory.update_method, label_repeats=repeats)
   reference_gradients = dict(
       reference_memory_gradients=config.loss.reference_memory_gradients,
-      momentum=config.memory.momentum)
+      momentum=config.memory.momentum, memory_update=config.memory.update_method,
+      label_repeats=repeats)
 
   def augment_fn(rng, visible, infrared):
     view_a, view_b, infrared_view = augment.augment_batch(rng, visible, infrared, aug_cfg,
@@ -102,7 +109,7 @@ def step_fns(config, stage: int) -> methods.StepFns:
     # gradients it saw from partly updated tables are reference_memory_gradients' business).
     f_a, f_b = jnp.split(f_visible, 2)
     return memories_lib.update_memories(memories, f_a, f_b, f_infrared, y_v, y_i, stage=stage,
-                                        momentum=config.memory.momentum)
+                                        momentum=config.memory.momentum, **memory_update)
 
   return methods.StepFns(augment=augment_fn, loss=loss_fn, update_memories=update_fn)
 

@@ -33,7 +33,8 @@ Metrics = Dict[str, jax.Array]
 
 
 def _backward_tables(f_a, f_b, f_r, y_v, y_i, memories: Memories, stage: int,
-                     momentum: Optional[float]) -> Dict[str, Optional[jax.Array]]:
+                     momentum: Optional[float], memory_update: str = 'auto',
+                     label_repeats: Optional[int] = None) -> Dict[str, Optional[jax.Array]]:
   """Tables the reference's backward pass reads for each memory call (None = the step's table).
 
   Autograd runs the memory calls' backward nodes in reverse forward order, and each node first
@@ -42,18 +43,23 @@ def _backward_tables(f_a, f_b, f_r, y_v, y_i, memories: Memories, stage: int,
     M_vi(f_r) sees M_vi;  M_vi(f_b) sees M_vi after f_r;  M_vi(f_a) sees M_vi after f_r, f_b;
     M_iv likewise with y_i.
   The X_i / X_v cross logits are plain products whose backward runs before any update.
+  Each partial update takes one copy of the step's labels: `label_repeats` rounds by rank.
   """
   if momentum is None:
     raise ValueError('reference_memory_gradients=True needs the memory momentum '
                      '(pass momentum=config.memory.momentum)')
-  tables = {'visible_b': None, 'visible_a': update_memory(memories.visible, f_b, y_v, momentum)}
+  def update(table, features, labels):
+    return update_memory(table, features, labels, momentum, method=memory_update,
+                         max_rounds=label_repeats)
+
+  tables = {'visible_b': None, 'visible_a': update(memories.visible, f_b, y_v)}
   if stage == 2:
     for name, table, labels in (('agnostic_visible', memories.agnostic_visible, y_v),
                                 ('agnostic_infrared', memories.agnostic_infrared, y_i)):
-      after_r = update_memory(table, f_r, labels, momentum)
+      after_r = update(table, f_r, labels)
       tables[f'{name}_r'] = None
       tables[f'{name}_b'] = after_r
-      tables[f'{name}_a'] = update_memory(after_r, f_b, labels, momentum)
+      tables[f'{name}_a'] = update(after_r, f_b, labels)
   return tables
 
 
@@ -74,7 +80,8 @@ def _modality_specific(f_a, f_b, f_r, y_v, y_i, memories: Memories, temperature:
 def stage1_loss(f_a: jax.Array, f_b: jax.Array, f_r: jax.Array, y_v: jax.Array, y_i: jax.Array,
                 memories: Memories, temperature: float, *,
                 reference_memory_gradients: bool = False,
-                momentum: Optional[float] = None) -> Tuple[jax.Array, Metrics]:
+                momentum: Optional[float] = None, memory_update: str = 'auto',
+                label_repeats: Optional[int] = None) -> Tuple[jax.Array, Metrics]:
   """Stage-1 loss L_ms (each modality against its own memory).
 
   Args:
@@ -86,11 +93,14 @@ def stage1_loss(f_a: jax.Array, f_b: jax.Array, f_r: jax.Array, y_v: jax.Array, 
     reference_memory_gradients: feature gradients read the partly updated tables, as the
       reference's in-place backward does (needs `momentum`).
     momentum: memory momentum, used only by reference_memory_gradients.
+    memory_update, label_repeats: how reference_memory_gradients updates the partial tables
+      (`update_memory`'s method; `memory.update_memories`' label_repeats).
 
   Returns:
     (loss () float32, metrics {'ms', 'ma', 'cc', 'total'}; ma and cc are 0 in stage 1).
   """
-  backward = (_backward_tables(f_a, f_b, f_r, y_v, y_i, memories, 1, momentum)
+  backward = (_backward_tables(f_a, f_b, f_r, y_v, y_i, memories, 1, momentum, memory_update,
+                               label_repeats)
               if reference_memory_gradients else {})
   loss_ms, _ = _modality_specific(f_a, f_b, f_r, y_v, y_i, memories, temperature, backward)
   zero = jnp.zeros((), jnp.float32)
@@ -101,7 +111,8 @@ def stage2_loss(f_a: jax.Array, f_b: jax.Array, f_r: jax.Array, y_v: jax.Array, 
                 memories: Memories, temperature: float, alpha: float, beta: float,
                 unnormalized_cross_logits: bool = True, *, kl_clamp: float = 1e-12,
                 reference_memory_gradients: bool = False,
-                momentum: Optional[float] = None) -> Tuple[jax.Array, Metrics]:
+                momentum: Optional[float] = None, memory_update: str = 'auto',
+                label_repeats: Optional[int] = None) -> Tuple[jax.Array, Metrics]:
   """Stage-2 loss L_ms + alpha * L_ma + beta * L_cc.
 
   Args:
@@ -117,11 +128,13 @@ def stage2_loss(f_a: jax.Array, f_b: jax.Array, f_r: jax.Array, y_v: jax.Array, 
     reference_memory_gradients: feature gradients read the partly updated tables, as the
       reference's in-place backward does (needs `momentum`).
     momentum: memory momentum, used only by reference_memory_gradients.
+    memory_update, label_repeats: as in `stage1_loss`.
 
   Returns:
     (loss () float32, metrics {'ms', 'ma', 'cc', 'total'}).
   """
-  backward = (_backward_tables(f_a, f_b, f_r, y_v, y_i, memories, 2, momentum)
+  backward = (_backward_tables(f_a, f_b, f_r, y_v, y_i, memories, 2, momentum, memory_update,
+                               label_repeats)
               if reference_memory_gradients else {})
   loss_ms, (visible_a, visible_b, infrared_r) = _modality_specific(
       f_a, f_b, f_r, y_v, y_i, memories, temperature, backward)

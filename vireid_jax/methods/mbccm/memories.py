@@ -17,7 +17,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from vireid_jax.memory import ArrayLike, normalize_rows, update_memory
+from vireid_jax.memory import ArrayLike, normalize_rows, rounds_bound, update_memory
 
 
 @flax.struct.dataclass
@@ -84,7 +84,7 @@ class Memories:
 # In stage 1 the agnostic memories are never scored, so they are not updated.
 def update_memories(memories: Memories, f_a: jax.Array, f_b: jax.Array, f_r: jax.Array,
                     y_v: jax.Array, y_i: jax.Array, stage: int, momentum: float, *,
-                    method: str = 'auto') -> Memories:
+                    method: str = 'auto', label_repeats: Optional[int] = None) -> Memories:
   """Momentum-updates every memory with the samples it scored this step, in reference order.
 
   Args:
@@ -97,6 +97,9 @@ def update_memories(memories: Memories, f_a: jax.Array, f_b: jax.Array, f_r: jax
     stage: 1 or 2 (a Python int; stage 1 leaves the agnostic memories alone).
     momentum: weight of the old row (0.1).
     method: how each table is updated, see `update_memory`.
+    label_repeats: static bound of how often one label occurs in y_v or in y_i (see
+      `label_repeats`); each by_rank update runs that many rounds per copy of the step's
+      labels it takes. None: as many rounds as samples (always enough, slower).
 
   Returns:
     The updated Memories.
@@ -104,14 +107,16 @@ def update_memories(memories: Memories, f_a: jax.Array, f_b: jax.Array, f_r: jax
   if stage not in (1, 2):
     raise ValueError(f'stage must be 1 or 2, got {stage!r}')
   update = functools.partial(update_memory, momentum=momentum, method=method)
-  visible = update(memories.visible, jnp.concatenate([f_b, f_a]), jnp.concatenate([y_v, y_v]))
-  infrared = update(memories.infrared, f_r, y_i)
+  rounds = functools.partial(rounds_bound, label_repeats)
+  visible = update(memories.visible, jnp.concatenate([f_b, f_a]), jnp.concatenate([y_v, y_v]),
+                   max_rounds=rounds(2))
+  infrared = update(memories.infrared, f_r, y_i, max_rounds=rounds(1))
   if stage == 1:
     return memories.replace(visible=visible, infrared=infrared)
   all_features = jnp.concatenate([f_r, f_b, f_a])
   agnostic_visible = update(memories.agnostic_visible, all_features,
-                            jnp.concatenate([y_v, y_v, y_v]))
+                            jnp.concatenate([y_v, y_v, y_v]), max_rounds=rounds(3))
   agnostic_infrared = update(memories.agnostic_infrared, all_features,
-                             jnp.concatenate([y_i, y_i, y_i]))
+                             jnp.concatenate([y_i, y_i, y_i]), max_rounds=rounds(3))
   return memories.replace(visible=visible, infrared=infrared, agnostic_visible=agnostic_visible,
                           agnostic_infrared=agnostic_infrared)

@@ -130,8 +130,10 @@ def plan_epoch(config, schedule, clusters, arrays, train_sets, rng):
       num_instances=s.instances_per_cluster)
 
 
-def step_fns(config, phase) -> methods.StepFns:
-  """Stage 1 (no cross term) or a stage-2 epoch of one parity (the cross direction)."""
+def step_fns(config, phase, label_repeats=None) -> methods.StepFns:
+  """Stage 1 (no cross term) or a stage-2 epoch of one parity (the cross direction).
+
+  `label_repeats` bounds the by-rank rounds of the same-modality memory updates (None = N)."""
   stage = phase[0]
   parity = phase[1] if stage == 2 else None
   aug_cfg = augment_lib.AugmentConfig.from_config(config.augment)
@@ -140,7 +142,9 @@ def step_fns(config, phase) -> methods.StepFns:
   infrared_jitter = jitter if stage == 1 and config.augment.ir_jitter_stage1 else None
   options = dict(hard=stage == 2 and config.memory.stage2_update == 'hard',
                  temperature=config.memory.temperature, momentum=config.memory.momentum,
-                 cross_weight=config.pgm.cross_weight)
+                 cross_weight=config.pgm.cross_weight,
+                 update_method=config.memory.update_method,
+                 label_repeats=None if label_repeats is None else tuple(label_repeats))
 
   def augment_fn(rng, visible, infrared):
     return augment.augment_batch(rng, visible, infrared, aug_cfg, jitter, infrared_jitter,

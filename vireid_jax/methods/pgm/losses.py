@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vireid_jax.losses import cross_entropy
-from vireid_jax.memory import memory_logits, update_memory, update_memory_hard
+from vireid_jax.memory import memory_logits, rounds_bound, update_memory, update_memory_hard
 
 Tables = Tuple[jax.Array, jax.Array]
 
@@ -73,16 +73,27 @@ def pgm_loss_terms(f_visible: jax.Array, f_infrared: jax.Array, y_visible: jax.A
                    infrared_to_visible: Optional[jax.Array], epoch: Union[int, jax.Array], *,
                    hard: bool, temperature: float = 0.05, momentum: float = 0.2,
                    cross_weight: float = 0.25, num_visible: Optional[jax.Array] = None,
-                   num_infrared: Optional[jax.Array] = None
+                   num_infrared: Optional[jax.Array] = None, update_method: str = 'auto',
+                   label_repeats: Optional[Tuple[int, int]] = None
                    ) -> Tuple[Dict[str, jax.Array], Tables]:
-  """`pgm_losses` with the loss's terms: ({'infrared', 'visible', 'cross', 'total'}, tables)."""
+  """`pgm_losses` with the loss's terms: ({'infrared', 'visible', 'cross', 'total'}, tables).
+
+  `update_method` and `label_repeats` choose how the sequential update runs (the same numbers
+  either way): `memory.update_memory`'s method, and the static bounds (visible, infrared) of
+  how often one label occurs in y_visible (per image) and y_infrared, which bound the by-rank
+  rounds of the same-modality updates (the cross update, whose labels are mapped, loops N).
+  """
   memory_visible, memory_infrared = (jnp.asarray(m, jnp.float32) for m in memories)
   y_visible = _visible_labels(y_visible, f_visible.shape[0])
   y_infrared = jnp.asarray(y_infrared, jnp.int32)
-  if hard:
-    update = lambda table, f, y: update_memory_hard(table, f, y, momentum)
-  else:
-    update = lambda table, f, y: update_memory(table, f, y, momentum)
+  repeats_visible, repeats_infrared = label_repeats or (None, None)
+  visible_rounds = rounds_bound(repeats_visible, 2)  # y_visible holds both views' labels
+  infrared_rounds = rounds_bound(repeats_infrared, 1)
+
+  def update(table, f, y, max_rounds=None):  # None: N rounds (the mapped cross labels)
+    if hard:
+      return update_memory_hard(table, f, y, momentum)
+    return update_memory(table, f, y, momentum, method=update_method, max_rounds=max_rounds)
   logits_visible = lambda f, table, backward=None: memory_logits(
       f, table, temperature, num_valid=num_visible, backward_centers=backward)
   logits_infrared = lambda f, table, backward=None: memory_logits(
@@ -95,8 +106,8 @@ def pgm_loss_terms(f_visible: jax.Array, f_infrared: jax.Array, y_visible: jax.A
     loss_visible = cross_entropy(logits_visible(f_visible, memory_visible), y_visible)
     terms = {'infrared': loss_infrared, 'visible': loss_visible,
              'cross': jnp.zeros((), jnp.float32), 'total': loss_infrared + loss_visible}
-    return terms, (update(memory_visible, f_visible, y_visible),
-                   update(memory_infrared, f_infrared, y_infrared))
+    return terms, (update(memory_visible, f_visible, y_visible, visible_rounds),
+                   update(memory_infrared, f_infrared, y_infrared, infrared_rounds))
 
   # Both maps are looked up every step whatever the parity, as the reference does.
   rgb2ir = jnp.asarray(visible_to_infrared, jnp.int32)[y_visible]
@@ -108,8 +119,8 @@ def pgm_loss_terms(f_visible: jax.Array, f_infrared: jax.Array, y_visible: jax.A
     loss_visible = cross_entropy(
         logits_visible(f_visible, memory_visible, visible_after_cross), y_visible)
     loss_infrared = cross_entropy(logits_infrared(f_infrared, memory_infrared), y_infrared)
-    tables = (update(visible_after_cross, f_visible, y_visible),
-              update(memory_infrared, f_infrared, y_infrared))
+    tables = (update(visible_after_cross, f_visible, y_visible, visible_rounds),
+              update(memory_infrared, f_infrared, y_infrared, infrared_rounds))
     return (loss_infrared, loss_visible, loss_cross), tables
 
   def even_epoch():  # cross term: visible features against the infrared memory
@@ -118,8 +129,8 @@ def pgm_loss_terms(f_visible: jax.Array, f_infrared: jax.Array, y_visible: jax.A
     loss_visible = cross_entropy(logits_visible(f_visible, memory_visible), y_visible)
     loss_infrared = cross_entropy(
         logits_infrared(f_infrared, memory_infrared, infrared_after_cross), y_infrared)
-    tables = (update(memory_visible, f_visible, y_visible),
-              update(infrared_after_cross, f_infrared, y_infrared))
+    tables = (update(memory_visible, f_visible, y_visible, visible_rounds),
+              update(infrared_after_cross, f_infrared, y_infrared, infrared_rounds))
     return (loss_infrared, loss_visible, loss_cross), tables
 
   if isinstance(epoch, (int, np.integer)):
