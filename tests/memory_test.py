@@ -192,9 +192,9 @@ def test_by_rank_with_the_plan_bound_equals_sequential_on_repeated_clusters(stag
   repeats = memory.label_repeats(plan.visible_label, plan.infrared_label, unit=3)
   assert repeats > 3  # some cluster fills several slots of a step
   rng = np.random.default_rng(22)
-  mems = memory.Memories.from_centers(rng.normal(size=(8, 16)), rng.normal(size=(8, 16)),
-                                      num_visible=5, num_infrared=7)
-  update = jax.jit(memory.update_memories,
+  mems = mbccm_memories.Memories.from_centers(rng.normal(size=(8, 16)), rng.normal(size=(8, 16)),
+                                              num_visible=5, num_infrared=7)
+  update = jax.jit(mbccm_memories.update_memories,
                    static_argnames=('stage', 'momentum', 'method', 'label_repeats'))
   for y_v, y_i in zip(plan.visible_label, plan.infrared_label):
     features = [jnp.asarray(rng.normal(size=(18, 16)), jnp.float32) for _ in range(3)]

@@ -15,6 +15,7 @@ from vireid_jax import sampling
 from vireid_jax import sharding
 from vireid_jax import train_state
 from vireid_jax import xla_loops
+from vireid_jax.methods.mbccm import memories as mbccm_memories
 
 from train_test import tiny_config  # pylint: disable=g-bad-import-order
 
@@ -61,8 +62,8 @@ def _compiled_step_text(stage: int, loop: str) -> str:
   step_fn = train_state.make_train_step(model, config, mesh, stage, label_repeats=repeats)
   state = train_state.abstract_train_state(config, model, mesh)
   centers = memory_lib.pad_rows(np.eye(num_clusters, 32, dtype=np.float32), 16)
-  memories = memory_lib.Memories.from_centers(centers, centers, num_visible=num_clusters,
-                                              num_infrared=num_clusters)
+  memories = mbccm_memories.Memories.from_centers(centers, centers, num_visible=num_clusters,
+                                                  num_infrared=num_clusters)
   images = np.zeros((num_images, config.data.image_height, config.data.image_width, 3),
                     np.uint8)
   inputs = train_state.put_epoch_inputs(plan, epoch=0, first_step=0, mesh=mesh)

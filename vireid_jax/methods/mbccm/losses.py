@@ -94,7 +94,7 @@ def stage1_loss(f_a: jax.Array, f_b: jax.Array, f_r: jax.Array, y_v: jax.Array, 
       reference's in-place backward does (needs `momentum`).
     momentum: memory momentum, used only by reference_memory_gradients.
     memory_update, label_repeats: how reference_memory_gradients updates the partial tables
-      (`update_memory`'s method; `memory.update_memories`' label_repeats).
+      (`update_memory`'s method; `memories.update_memories`' label_repeats).
 
   Returns:
     (loss () float32, metrics {'ms', 'ma', 'cc', 'total'}; ma and cc are 0 in stage 1).
