@@ -264,11 +264,11 @@ def test_non_local_blocks_start_as_the_identity(tiny):
   """W's BatchNorm starts with scale = bias = 0, so the network computes what it did without."""
   model = tiny['model'].clone(non_local=True)
   variables = models.init_variables(model, jax.random.key(0), IMAGE_SHAPE)
-  assert 'non_local0' in variables['params']['layer2']  # (1, 1, 1, 1): after every layer's block
+  assert 'non_local0' in variables['params']['layer2']  # one block per layer: after it
   for layer in ('layer2', 'layer3'):
     bn = variables['params'][layer]['non_local0']['W_bn']
     assert not np.any(bn['scale']) and not np.any(bn['bias'])
-  plain = jax.tree.map(lambda a: a, tiny['variables'])
+  plain = tiny['variables']
   for collection in ('params', 'batch_stats'):  # the same weights everywhere else
     for layer in ('layer2', 'layer3'):
       variables[collection][layer] = dict(variables[collection][layer],
