@@ -97,7 +97,8 @@ def test_train_step_script_runs_the_loop_variants(run_script, tmp_path):
                                           'train_step/stage2/profile']
   compile_record, step, profile = records
   # by_rank with the plan's bound and the fixed rectangles: no loop the host must check.
-  assert compile_record['label_repeats'] >= 2 and compile_record['unknown_trip_count_loops'] == 0
+  assert min(compile_record['label_repeats']) >= 2  # (visible, infrared)
+  assert compile_record['unknown_trip_count_loops'] == 0
   for record in records:
     assert record['linear_transform_loop'] == 'fixed' and record['memory_update'] == 'by_rank'
     assert record['xla_command_buffer'] == '+WHILE,+CONDITIONAL'

@@ -64,3 +64,40 @@ def test_pretrained_is_a_keyword_or_a_weights_file(value, valid):
   else:
     with pytest.raises(config_lib.ConfigError, match=r"config\.model\.pretrained = .*'none'"):
       config_lib.validate(config)
+
+
+@pytest.mark.parametrize('groups', [1, 2, 3, 4, 144])
+def test_bn_groups_that_divide_both_modalities_validate(groups):
+  config = load('sysu')  # 12 x 12 = 144 infrared, 288 visible rows per step
+  config.data.root = '/data'
+  config.model.bn_groups = groups
+  config_lib.validate(config)
+
+
+@pytest.mark.parametrize('name,groups,message', [
+    ('sysu', 5, r'bn_groups = 5 does not divide the visible batch of 288 rows'),
+    ('sysu', 288, r'bn_groups = 288 does not divide the infrared batch of 144'),
+    ('demo', 3, r'bn_groups = 3 does not divide the visible batch of 64 rows.*infrared 32'),
+    ('sysu', 0, r'bn_groups = 0; expected a positive int'),
+    ('sysu', True, r'bn_groups = True; expected a positive int'),
+])
+def test_bn_groups_that_do_not_divide_the_batch_name_the_field(name, groups, message):
+  config = load(name)
+  config.data.root = '/data'
+  with config.ignore_type():
+    config.model.bn_groups = groups
+  with pytest.raises(config_lib.ConfigError, match=rf'config\.model\.{message}'):
+    config_lib.validate(config)
+
+
+def test_non_local_settings_are_checked():
+  config = load('sysu')
+  config.data.root = '/data'
+  config.model.non_local = True
+  config_lib.validate(config)
+  config.model.non_local_blocks = (0, 2, 3)
+  with pytest.raises(config_lib.ConfigError, match=r'config\.model\.non_local_blocks'):
+    config_lib.validate(config)
+  config.model.non_local_blocks = (0, 2, -1, 0)
+  with pytest.raises(config_lib.ConfigError, match=r'four counts >= 0'):
+    config_lib.validate(config)

@@ -20,15 +20,21 @@ from vireid_jax import sharding
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering
 from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
+from vireid_jax.methods.pgm import config as pgm_config
 
 PLATFORMS = ('tpu', 'cuda')
 NUM_IMAGES, NUM_CLUSTERS, HEIGHT, WIDTH = 64, 8, 32, 16
 
 
 def tiny_config(method: str):
-  config = config_lib.base_config()
+  if method == 'pgm':  # PGM's settings add their own fields (methods/pgm/config.py)
+    config = pgm_config.pgm_config('sysu')
+    config.sampler.visible_images, config.sampler.infrared_images = 4, 8
+  else:
+    config = config_lib.base_config()
   config.method = method
   config.data.root = 'unused'
+  config.model.pretrained = 'none'
   config.data.image_height, config.data.image_width = HEIGHT, WIDTH
   config.model.block, config.model.stage_sizes, config.model.width = 'basic', (1, 1, 1, 1), 4
   config.augment.pad = 1
@@ -36,6 +42,7 @@ def tiny_config(method: str):
   config.sampler.clusters_per_step, config.sampler.instances_per_cluster = 4, 2
   config.sampler.steps_per_epoch = 2
   config.schedule.epochs, config.schedule.stage2_start = 4, 2
+  config_lib.validate(config)
   return config
 
 

@@ -229,3 +229,104 @@ def test_bfloat16_compute_agrees_with_float32_tiny():
 def test_bfloat16_resnet50_agrees_with_float32_on_accelerator():
   cosine = _bf16_agreement({}, (288, 144), batch=16)
   assert cosine.min() > 0.999, cosine
+
+
+# --------------------------------------------------------------------------------------------
+# model.non_local (AGW's non-local blocks, PGM) and model.bn_groups (DataParallel BatchNorm)
+
+
+def test_non_local_blocks_sit_where_agw_puts_them():
+  """After layer2 blocks 2, 3 and layer3 blocks 3, 4, 5 of ResNet-50 (AGW's NL_k_idx)."""
+  for layers, counts in (((3, 4, 6, 3), (0, 2, 3, 0)), ((1, 3, 4, 1), (0, 2, 3, 0)),
+                         ((2, 2, 2, 2), (1, 1, 2, 1))):
+    for n, count in zip(layers, counts):
+      agw = sorted([n - (i + 1) for i in range(count)])  # agw.py:154-167
+      assert models.non_local_positions(n, count) == tuple(agw)
+  assert models.non_local_positions(1, 3) == (0,)  # fewer blocks than count: after every block
+
+  config = config_lib.base_config()
+  config.model.non_local = True
+  model = models.build_model(config.model)
+  images = jax.ShapeDtypeStruct((1, 288, 144, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, x, train=False), images)
+  params = variables['params']
+  non_local = lambda layer: sorted(k for k in params[layer] if k.startswith('non_local'))
+  assert [non_local(f'layer{k}') for k in (1, 2, 3, 4)] == [
+      [], ['non_local2', 'non_local3'], ['non_local3', 'non_local4', 'non_local5'], []]
+  block = params['layer3']['non_local4']
+  assert block['g']['kernel'].shape == (1, 1, 1024, 1) and block['W']['kernel'].shape == (
+      1, 1, 1, 1024)
+  assert set(block) == {'g', 'theta', 'phi', 'W', 'W_bn'}
+  assert set(variables['batch_stats']['layer2']['non_local2']) == {'W_bn'}
+
+
+def test_non_local_blocks_start_as_the_identity(tiny):
+  """W's BatchNorm starts with scale = bias = 0, so the network computes what it did without."""
+  model = tiny['model'].clone(non_local=True)
+  variables = models.init_variables(model, jax.random.key(0), IMAGE_SHAPE)
+  assert 'non_local0' in variables['params']['layer2']  # one block per layer: after it
+  for layer in ('layer2', 'layer3'):
+    bn = variables['params'][layer]['non_local0']['W_bn']
+    assert not np.any(bn['scale']) and not np.any(bn['bias'])
+  plain = tiny['variables']
+  for collection in ('params', 'batch_stats'):  # the same weights everywhere else
+    for layer in ('layer2', 'layer3'):
+      variables[collection][layer] = dict(variables[collection][layer],
+                                          block0=plain[collection][layer]['block0'])
+    for name in plain[collection]:
+      if name not in ('layer2', 'layer3'):
+        variables[collection][name] = plain[collection][name]
+  visible, infrared = tiny['visible'], tiny['infrared']
+  (neck, pooled), _ = jax.jit(lambda v: model.apply(
+      v, visible, infrared, train=True, mutable=['batch_stats']))(variables)
+  (plain_neck, plain_pooled), _ = tiny['train'](plain, visible, infrared)
+  # Equal up to float32 rounding (XLA fuses the two programs differently).
+  np.testing.assert_allclose(pooled, plain_pooled, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(neck, plain_neck, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(model.apply(variables, visible, infrared, train=False),
+                             tiny['eval'](plain, visible, infrared), atol=1e-5)
+
+
+def test_bn_groups_leave_eval_mode_alone_and_need_divisible_training_batches(tiny):
+  grouped = tiny['model'].clone(bn_groups=3)
+  variables, visible, infrared = tiny['variables'], tiny['visible'], tiny['infrared']
+  # Eval mode uses the running statistics: any batch size, the same features as bn_groups=1.
+  np.testing.assert_allclose(grouped.apply(variables, visible[:2], infrared, train=False),
+                             tiny['eval'](variables, visible[:2], infrared), rtol=1e-5, atol=1e-7)
+  (neck, _), _ = grouped.apply(variables, visible, infrared[:1].repeat(3, 0), train=True,
+                               mutable=['batch_stats'])
+  assert neck.shape == (6, 64)
+  with pytest.raises(ValueError, match=r'bn_groups = 3 does not divide a batch of 2 rows'):
+    grouped.apply(variables, visible, infrared, train=True, mutable=['batch_stats'])
+  for bad in (0, 2.0):
+    with pytest.raises(ValueError, match='bn_groups must be a positive int'):
+      tiny['model'].clone(bn_groups=bad).apply(variables, visible, None, train=False)
+
+
+def test_bn_groups_give_the_same_numbers_however_the_batch_is_sharded(tiny):
+  """k = 4 groups: on one device, two groups per device (2 devices), a group over 2 of 8.
+
+  The train step's own equality across meshes is tests/train_test.py's; this is the model's.
+  """
+  from vireid_jax import sharding  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8, 'tests/conftest.py forces 8 virtual CPU devices'
+  model = tiny['model'].clone(bn_groups=4)
+  variables = tiny['variables']
+  rng = np.random.default_rng(5)
+  visible = rng.standard_normal((16, *IMAGE_SHAPE, 3)).astype(np.float32)
+  infrared = rng.standard_normal((8, *IMAGE_SHAPE, 3)).astype(np.float32) + 0.5
+  step = lambda v, a, b: model.apply(v, a, b, train=True, mutable=['batch_stats'])
+  results = []
+  for count in (1, 2, 8):
+    mesh = sharding.make_mesh(jax.devices()[:count])
+    batch, replicated = sharding.batch_sharded(mesh), sharding.replicated(mesh)
+    fn = jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=replicated)
+    results.append(jax.device_get(fn(sharding.put_replicated(variables, mesh),
+                                     sharding.put_global(visible, batch),
+                                     sharding.put_global(infrared, batch))))
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+  for other in results[1:]:
+    jax.tree.map(close, other, results[0])
+  # And the groups matter: whole-batch BatchNorm gives other features.
+  (whole, _), _ = tiny['train'](variables, visible, infrared)
+  assert not np.allclose(whole, results[0][0][0], atol=1e-2)

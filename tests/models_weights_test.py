@@ -141,6 +141,31 @@ def test_cache_skips_reading_and_tracks_the_source(source, tmp_path, monkeypatch
   assert len(os.listdir(cache_dir)) == 2
 
 
+def test_import_into_a_network_with_non_local_blocks_leaves_them_at_init(source, tmp_path):
+  """The file of a plain ResNet fills everything but the non-local blocks, with and without the
+  cache; exporting that network writes the plain network's names only."""
+  variables, _ = source
+  model = models.TwoStreamResNet(**TINY, non_local=True)
+  target = models.init_variables(model, jax.random.key(1), IMAGE_SHAPE)
+  init = _flat(target)
+  assert {'params/layer2/non_local0/g/kernel', 'params/layer2/non_local1/W_bn/scale',
+          'params/layer3/non_local0/W/bias', 'batch_stats/layer3/non_local0/W_bn/var'} <= set(init)
+  path = str(tmp_path / 'resnet.npz')
+  _write(path, _torchvision_state(variables))
+  want = _flat(variables)
+  for cache_dir in (None, str(tmp_path / 'cache'), str(tmp_path / 'cache')):  # convert, cached
+    got = _flat(models.load_imagenet_resnet(path, target, cache_dir=cache_dir))
+    assert got.keys() == init.keys()
+    for name, value in got.items():
+      if '/non_local' in name or name.split('/')[1] == 'neck':
+        expected = init[name]
+      else:
+        expected = want[name.replace('infrared_stem', 'visible_stem')]
+      np.testing.assert_array_equal(value, expected, err_msg=name)
+  exported = models.export_torch_state_dict(target)
+  assert exported.keys() == models.export_torch_state_dict(variables).keys()
+
+
 def test_missing_file_says_where_to_get_weights(source):
   with pytest.raises(FileNotFoundError,
                      match=r'(?s)/nowhere/r50.pth.*resnet50-0676ba61.*pretrained=none'):

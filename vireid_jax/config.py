@@ -80,6 +80,15 @@ def base_config() -> ml_collections.ConfigDict:
   # checked after downloading as torch.hub checks it.
   config.model.imagenet_url = 'https://download.pytorch.org/models/resnet50-0676ba61.pth'
   config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
+  # BatchNorm as the authors ran it: nn.DataParallel over k GPUs splits the visible batch and the
+  # infrared batch each into k chunks, and every BatchNorm normalises GPU j's chunks alone
+  # (running statistics: GPU 0's). 1 = the whole batch (one GPU); MBCCM's tester hard-codes 3
+  # GPUs, its paper does not say how many trained; PGM's scripts use 4. Must divide the batch
+  # of each modality (SPEC.md, PGM.md: DataParallel BatchNorm).
+  config.model.bn_groups = 1
+  # AGW's non-local blocks in the trunk (PGM.md: Network); MBCCM runs without (non_local='off').
+  config.model.non_local = False
+  config.model.non_local_blocks = (0, 2, 3, 0)  # per layer1..layer4, after the layer's last blocks
 
   # --- clustering (SPEC.md step 2) ---
   config.cluster = ml_collections.ConfigDict()
@@ -260,6 +269,41 @@ def _get(config, dotted: str):
   return config
 
 
+def check_bn_groups(bn_groups, batches) -> None:
+  """ConfigError unless `bn_groups` is a positive int dividing every per-step modality batch.
+
+  Args:
+    bn_groups: config.model.bn_groups.
+    batches: what each modality feeds the network per step, e.g. {'visible': 2 * B,
+      'infrared': B}; a method whose batch differs passes its own.
+  """
+  if isinstance(bn_groups, bool) or not isinstance(bn_groups, int) or bn_groups < 1:
+    raise ConfigError(f'config.model.bn_groups = {bn_groups!r}; expected a positive int (1 = '
+                      f'whole-batch BatchNorm, k = the BatchNorm of k DataParallel GPUs)')
+  for modality, rows in batches.items():
+    if rows % bn_groups:
+      sizes = ', '.join(f'{m} {n}' for m, n in batches.items())
+      raise ConfigError(
+          f'config.model.bn_groups = {bn_groups} does not divide the {modality} batch of {rows} '
+          f'rows per step ({sizes}): choose a bn_groups that divides each, or change '
+          f"the method's batch (config.sampler)")
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+  model = config.model
+  from vireid_jax import methods  # pylint: disable=import-outside-toplevel  (methods import this)
+  batch = methods.for_config(config).batch_sizes(config)  # the method's step
+  check_bn_groups(model.bn_groups, {'visible': batch.visible_inputs,
+                                    'infrared': batch.infrared_inputs})
+  if not isinstance(model.non_local, bool):
+    raise ConfigError(f'config.model.non_local = {model.non_local!r}; expected True or False')
+  blocks = tuple(model.non_local_blocks)
+  if (len(blocks) != 4 or
+      not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in blocks)):
+    raise ConfigError(f'config.model.non_local_blocks = {blocks!r}; expected four counts >= 0, '
+                      f'the non-local blocks of layer1..layer4 (AGW: (0, 2, 3, 0))')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the values that a typo or an impossible combination would break later."""
   for field, choices in _CHOICES.items():
@@ -273,7 +317,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.eval.sysu_shots = {config.eval.sysu_shots}; expected 1 or 10')
   _validate_pretrained(config.model)
   from vireid_jax import methods  # pylint: disable=import-outside-toplevel  (methods import this)
-  methods.for_config(config).validate(config)
+  method = methods.for_config(config)
+  method.validate(config)
+  _validate_model(config)
   if not config.data.root and not config.data.synthetic:
     raise ConfigError('config.data.root is empty: pass --config.data.root=/path/holding/the/'
                       'dataset (the folder with SYSU-MM01/, RegDB/ or LLCM/)')

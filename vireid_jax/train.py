@@ -81,7 +81,7 @@ class Trainer:
     self.workdir = workdir
     self.mesh = sharding.make_mesh()
     self.method = methods.for_config(config)
-    for modality, batch in zip(('visible', 'infrared'), self.method.batch_sizes(config)):
+    for modality, batch in zip(('visible', 'infrared'), self.method.batch_sizes(config)[:2]):
       sharding.check_divisible(batch, self.mesh, f'{modality} images per step')
     self.model = models.build_model(config.model)
     self.train_visible, self.train_infrared = shared_data.load_train_on_every_process(

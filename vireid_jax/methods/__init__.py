@@ -65,6 +65,16 @@ class EpochSchedule:
   restart: bool = False
 
 
+class StepBatch(NamedTuple):
+  """What one step takes: images per modality (as the plans index them; each must divide by
+  the device count) and the network's input rows per modality after augmentation (e.g. two
+  views of every visible image; each must divide by config.model.bn_groups)."""
+  visible_images: int
+  infrared_images: int
+  visible_inputs: int
+  infrared_inputs: int
+
+
 class StepFns(NamedTuple):
   """The device-side pieces of one method step (pure functions, traced inside the core's jit).
 
@@ -108,8 +118,8 @@ class Method:
   Attributes:
     name: the `config.method` value that selects it.
     validate: config -> None; raises config.ConfigError for settings this method cannot run.
-    batch_sizes: config -> (visible, infrared) images per step, as the plans hold them (each
-      must divide by the device count; checked before any data is loaded).
+    batch_sizes: config -> StepBatch, the images and network inputs of one step (checked
+      against the device count and config.model.bn_groups before any data is loaded).
     schedule: (config, epoch) -> EpochSchedule.
     associate: (config, schedule, clusters, (visible_pids, infrared_pids)) -> (arrays, stats).
       `clusters` is the epoch's `clustering.epoch.EpochClusters`; the true identities serve
@@ -129,7 +139,7 @@ class Method:
   """
   name: str
   validate: Callable[[ml_collections.ConfigDict], None]
-  batch_sizes: Callable[[ml_collections.ConfigDict], Tuple[int, int]]
+  batch_sizes: Callable[[ml_collections.ConfigDict], StepBatch]
   schedule: Callable[[ml_collections.ConfigDict, int], EpochSchedule]
   associate: Callable[..., Tuple[Association, dict]]
   build_memories: Callable[..., Any]

@@ -6,6 +6,10 @@ Its stem is a `Stem` named `visible_stem` and its layers are the `Stage`s of `Tw
 so `weights.export_torch_state_dict` writes it under torchvision's names (conv1, bn1,
 layer1..layer4) and `weights.load_imagenet_resnet` reads it back into both stems and the trunk
 of the two-stream network, exactly as it reads `resnet50-19c8e357.pth`.
+
+It stands for torchvision's ImageNet training, not for the authors' runs: its BatchNorms
+normalise the whole batch whatever `model.bn_groups` says, and it has no non-local blocks
+(`model.non_local`; an ImageNet ResNet has none, and the import leaves them at their init).
 """
 
 from typing import Any, Sequence

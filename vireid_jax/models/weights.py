@@ -16,7 +16,10 @@ Name mapping (torch -> Flax), for every block of every layer:
   bn1.running_{mean,var}                 -> batch_stats/..._stem/bn1/{mean,var}
   layerK.J.convN / bnN                   -> layerK/blockJ/convN / bnN
   layerK.J.downsample.0 / downsample.1   -> layerK/blockJ/downsample_conv / downsample_bn
-`num_batches_tracked` entries are ignored (they do not change the network).
+`num_batches_tracked` entries are ignored (they do not change the network). The non-local
+blocks (`layerK/non_localJ`, model.non_local) have no torchvision source: they are neither
+imported nor exported and keep their initialisation (in AGW too: they are modules of their own,
+outside the ImageNet ResNets).
 """
 
 import hashlib
@@ -157,6 +160,8 @@ def _torch_name(path: Tuple[str, ...], prefixes: Dict[str, Optional[str]]) -> Op
       a None prefix leaves that module out.
   """
   top, inner, leaf = path[1], path[2:-1], path[-1]
+  if any(part.startswith('non_local') for part in inner):
+    return None  # not in a torchvision ResNet
   if top.startswith('layer'):
     prefix = prefixes['trunk']
     inner = (top,) + inner

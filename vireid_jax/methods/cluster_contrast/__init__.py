@@ -41,9 +41,9 @@ def validate(config) -> None:
   del config  # every MBCCM sampler and augmentation setting works here
 
 
-def batch_sizes(config) -> tuple[int, int]:
+def batch_sizes(config) -> methods.StepBatch:
   batch = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
-  return batch, batch
+  return methods.StepBatch(batch, batch, 2 * batch, batch)  # two views of each visible image
 
 
 def schedule(config, epoch: int) -> methods.EpochSchedule:

@@ -33,10 +33,11 @@ def validate(config) -> None:
                       'them from each modality')
 
 
-def batch_sizes(config) -> tuple[int, int]:
-  """B visible and B infrared images per step, B = clusters x instances (views come later)."""
+def batch_sizes(config) -> methods.StepBatch:
+  """B visible and B infrared images per step, B = clusters x instances; 2B visible inputs
+  (views A and B) and B infrared."""
   batch = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
-  return batch, batch
+  return methods.StepBatch(batch, batch, 2 * batch, batch)
 
 
 def schedule(config, epoch: int) -> methods.EpochSchedule:

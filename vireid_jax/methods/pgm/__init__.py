@@ -81,8 +81,9 @@ def validate(config) -> None:
                       f'saturation, hue), got {config.augment.color_jitter}')
 
 
-def batch_sizes(config) -> tuple[int, int]:
-  return config.sampler.visible_images, config.sampler.infrared_images
+def batch_sizes(config) -> methods.StepBatch:
+  visible, infrared = config.sampler.visible_images, config.sampler.infrared_images
+  return methods.StepBatch(visible, infrared, 2 * visible, infrared)  # views A and B
 
 
 def schedule(config, epoch: int) -> methods.EpochSchedule:
