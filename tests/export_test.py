@@ -29,7 +29,7 @@ NUM_IMAGES, NUM_CLUSTERS, HEIGHT, WIDTH = 64, 8, 32, 16
 def tiny_config(method: str):
   if method == 'pgm':  # PGM's settings add their own fields (methods/pgm/config.py)
     config = pgm_config.pgm_config('sysu')
-    config.sampler.visible_images, config.sampler.infrared_images = 4, 8
+    config.sampler.visible_images, config.sampler.infrared_images = 8, 16
   else:
     config = config_lib.base_config()
   config.method = method

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vireid_jax import memory as core_memory
 from vireid_jax.methods.mbccm import losses
 from vireid_jax.methods.mbccm import memories as memory
 
@@ -275,7 +276,7 @@ def test_reference_gradients_with_bounded_by_rank_rounds_match_the_reference_gra
   f_a, f_b, f_r, y_v, y_i, tables = _problem(seed=8)
   want_loss, want_grads, want_tables = _torch_reference_step(
       f_a, f_b, f_r, y_v, y_i, tables, 2, live_updates=True)
-  repeats = memory.label_repeats(y_v, y_i)
+  repeats = core_memory.label_repeats(y_v, y_i)
   assert repeats == 3
   settings = dict(momentum=MOMENTUM, memory_update='by_rank', label_repeats=repeats)
 
