@@ -338,9 +338,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   held = multihost.run_on_main(lambda: run_lock.acquire(workdir), 'locking the workdir')
   try:
+    trainer = Trainer(config, workdir)
+    # Written once the workdir's checkpoints (if any) restored into this config's state.
     if multihost.is_main():
       files.write_text(files.path(workdir) / 'config.json', config.to_json_best_effort(indent=2))
-    return Trainer(config, workdir).run(max_epochs=max_epochs)
+    return trainer.run(max_epochs=max_epochs)
   finally:
     if held is not None:
       run_lock.release(workdir, held)
