@@ -48,6 +48,10 @@ FREE = (
     # What to do when a modality has no cluster: the NoClustersStop message itself asks to
     # resume with 'skip'.
     'cluster.on_no_clusters',
+    # How long to train: the checkpoint after epoch N is the same whatever the planned total
+    # (learning rates follow optim.lr_boundaries, stages schedule.stage2_start), so a finished
+    # run can be continued for more epochs.
+    'schedule.epochs',
     # Evaluation that neither the training steps nor the choice of the best checkpoint read
     # (eval.sysu_mode, sysu_shots, llcm_setting, train_trials and flip define the number that
     # picks the best checkpoint: they are compared when training).
