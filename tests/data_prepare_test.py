@@ -277,3 +277,28 @@ def test_every_process_loads_after_process_0_mends_the_copy(tmp_path, capsys):
   np.testing.assert_array_equal(infrared.images, intact[1].images)
   np.testing.assert_array_equal(visible.images, intact[0].images)
   assert len(_asides(prepared)) == 1 and 'is damaged' in capsys.readouterr().out
+
+
+def test_main_prepares_a_damaged_copy_again_with_one_line(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, os.path.join(repo, 'main.py'), '--mode', 'prepare', '--config',
+             os.path.join(repo, 'configs', 'demo.py'), f'--config.data.root={tmp_path}',
+             '--config.data.synthetic_ids=6', '--config.data.image_height=24',
+             '--config.data.image_width=12']
+  first = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=repo)
+  assert first.returncode == 0, first.stderr[-3000:]
+  prepared = first.stdout.splitlines()[-1].removeprefix('prepared: ')
+  sizes = {n: os.path.getsize(os.path.join(prepared, n)) for n in os.listdir(prepared)}
+  name = _damage(prepared, 'train_visible', 'truncate')
+  again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=repo)
+  assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
+  lines = again.stdout.splitlines()
+  aside, = _asides(prepared)
+  assert lines[1] == (
+      f'The prepared copy {os.path.dirname(prepared)} is damaged ({name} has '
+      f'{sizes[name] // 2} bytes, {sizes[name]} when it was prepared); moved it aside to '
+      f'{aside}, preparing it again from {tmp_path / "SYSU-MM01"}.')
+  assert lines[2].startswith('Preparing SYSU-MM01 ') and lines[-1] == f'prepared: {prepared}'
+  assert {n: os.path.getsize(os.path.join(prepared, n)) for n in os.listdir(prepared)} == sizes

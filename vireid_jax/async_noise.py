@@ -20,7 +20,8 @@ thread's traceback of a real bug never are. Noise
   * is dropped from the moment a failure has been explained in one line (`explained()`), for
     the rest of the process: the leftovers of a failed operation surface at any later garbage
     collection, even at exit.
-Without `install()` (tests, library use) `held()` and `explained()` change nothing.
+Without `install()` (tests, library use, --verbosity >= 1) `held()` and `explained()` change
+nothing that is shown.
 """
 
 import asyncio
@@ -32,7 +33,6 @@ import sys
 import threading
 import traceback
 from typing import Callable, Optional
-
 
 
 class _State:
