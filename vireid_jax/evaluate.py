@@ -183,12 +183,15 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
 def _which_note(config, evaluated: list) -> str:
   """What 'best' and 'latest' mean: the best is chosen on test data."""
   notes = []
-  for label, record, _ in evaluated:
+  for label, record, results in evaluated:
     if label == checkpoint.BEST:
+      setting = selection_setting(config)
+      if setting in results:
+        setting = evaluation.display_name(results[setting])
       notes.append(
-          f'best: after epoch {record["epoch"]}, the highest {selection_setting(config)} mAP '
-          f'of the evaluations during training, which use the test set (as the authors\' code '
-          f'does): the best is chosen on test data.')
+          f'best: after epoch {record["epoch"]}, the highest {setting} mAP of the evaluations '
+          f'during training, which use the test set (as the authors\' code does): the best is '
+          f'chosen on test data.')
     elif label == checkpoint.LATEST:
       notes.append(f'latest: after epoch {record["epoch"]} of {config.schedule.epochs}'
                    + (' (the last).' if record['epoch'] == config.schedule.epochs else
