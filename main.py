@@ -17,6 +17,7 @@ README "Multi-host".
 """
 
 import ast
+import gc
 import os
 import sys
 
@@ -79,6 +80,11 @@ def main(argv):
   # Orbax and JAX log every checkpoint write at INFO; a person reads our printed lines.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  if not _show_traceback():
+    # After a failed checkpoint save or restore, orbax's threads and event loops repeat the
+    # error at length; once it is explained in one line, that stays off the terminal.
+    from vireid_jax import async_noise  # pylint: disable=import-outside-toplevel
+    async_noise.install()
   if mode == 'aggregate':
     from vireid_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
     if not workdir:
@@ -105,6 +111,7 @@ def main(argv):
     raise
   except BaseException as error:  # pylint: disable=broad-except
     code = _report(error, multihost)
+    gc.collect()  # what a failed save or restore left behind reports itself now, filtered
     if several and not _raised_on_every_process(error, multihost):
       _exit_now(code)
     sys.exit(code)  # every process stopped at the same point: they leave JAX together
@@ -145,6 +152,11 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
     return
   if not workdir:
     _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')
+  # Before anything is restored: a workdir's checkpoints belong to the config it was trained
+  # with, and arrays of another shape would otherwise look like damage.
+  from vireid_jax import run_config
+  multihost.run_on_main(lambda: run_config.check_workdir_config(config, workdir, mode),
+                        "comparing the config with the workdir's")
   if mode == 'train':
     from vireid_jax import checkpoint
     from vireid_jax import initial_weights
@@ -165,6 +177,7 @@ def _report(error: BaseException, multihost) -> int:
   """Prints one line for `error` (a traceback only with --verbosity >= 1); the exit code."""
   # pylint: disable=import-outside-toplevel
   import jax
+  from vireid_jax import async_noise
   from vireid_jax import checkpoint
   from vireid_jax import config as config_lib
   from vireid_jax import console
@@ -175,6 +188,15 @@ def _report(error: BaseException, multihost) -> int:
   from vireid_jax.models import imagenet
   from vireid_jax.models import weights as weights_lib
 
+  known = (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
+           weights_lib.WeightsFileError, imagenet.WeightsUnavailable, ImportError,
+           train_lib.TrainingDiverged, train_lib.NoClustersStop, checkpoint.CheckpointError,
+           methods.MethodStop, run_lock.WorkdirLocked, FileNotFoundError, OSError)
+  peer_lost = (isinstance(error, jax.errors.JaxRuntimeError) and
+               multihost.is_peer_lost(error))
+  if peer_lost or isinstance(error, (train_lib.RunStopped, KeyboardInterrupt,
+                                     multihost.MainProcessFailed, *known)):
+    async_noise.explained()  # one line below says it all: what orbax left behind stays quiet
   if isinstance(error, train_lib.RunStopped):
     console.line(str(error))
     return error.exit_code
@@ -187,16 +209,11 @@ def _report(error: BaseException, multihost) -> int:
     return 1
   if isinstance(error, multihost.MainProcessFailed):
     return 1  # process 0 printed the reason
-  if isinstance(error, jax.errors.JaxRuntimeError) and multihost.is_peer_lost(error):
+  if peer_lost:
     print('error: lost contact with another process of this run (it stopped or crashed: see '
           'its output). Checkpoints are intact; start every process again to resume.',
           file=sys.stderr, flush=True)
     return 1
-  known = (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
-           weights_lib.WeightsFileError, imagenet.WeightsUnavailable, ImportError,
-           train_lib.TrainingDiverged, train_lib.NoClustersStop, checkpoint.CheckpointError,
-           methods.MethodStop,
-           run_lock.WorkdirLocked, FileNotFoundError, OSError)
   if isinstance(error, known):
     # The same error stops every process; one line from process 0 is enough, except for
     # errors of one process alone (its own files, its own download).

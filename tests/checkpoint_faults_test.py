@@ -75,6 +75,30 @@ def test_no_latest_readable_falls_back_to_best_and_none_readable_stops(tmp_path)
   assert checkpoint.epochs(workdir) == [2] and checkpoint.epochs(workdir, checkpoint.BEST) == [1]
 
 
+def test_a_checkpoint_that_does_not_fit_is_never_called_damaged_nor_moved(tmp_path):
+  workdir = str(tmp_path)
+  for epoch in (1, 2):
+    checkpoint.save(workdir, checkpoint.LATEST, epoch, tree(epoch), {'epoch': epoch})
+  checkpoint.save(workdir, checkpoint.BEST, 2, tree(2), {'epoch': 2})
+  wider = {'params': {'w': np.zeros((200, 301), np.float32)}}
+  extra = {'params': {'w': np.zeros((200, 300), np.float32), 'b': np.zeros(3, np.float32)}}
+  for target, difference in (
+      (wider, 'params/w: stored (200, 300), this config (200, 301)'),
+      (extra, 'params/b: not in the checkpoint')):
+    said = []
+    with pytest.raises(checkpoint.CheckpointMismatch) as error:
+      checkpoint.restore_newest_readable(workdir, target, say=said.append)
+    message = str(error.value)
+    assert difference in message and 'latest/2' in message and '\n' not in message
+    assert 'written with another config' in message and 'left as it is' in message
+    assert said == []  # never "cannot be read"
+    assert checkpoint.epochs(workdir) == [1, 2]
+    assert checkpoint.epochs(workdir, checkpoint.BEST) == [2]
+    assert sorted(os.listdir(tmp_path / 'checkpoints' / 'latest')) == ['1', '2']
+  state, record = checkpoint.restore(workdir, checkpoint.LATEST, tree(0))  # intact
+  np.testing.assert_array_equal(state['params']['w'], tree(2)['params']['w'])
+
+
 def test_checkpoints_newer_than_the_resumed_epoch_are_set_aside(tmp_path):
   workdir = str(tmp_path)
   for kind, epoch in ((checkpoint.LATEST, 1), (checkpoint.LATEST, 2), (checkpoint.BEST, 2)):

@@ -9,6 +9,7 @@ import pytest
 from vireid_jax import config as config_lib
 from vireid_jax import data
 from vireid_jax.data import decode
+from vireid_jax.data.prepare import load_split
 from vireid_jax.data import llcm
 from vireid_jax.data import regdb
 from vireid_jax.data import synthetic
@@ -230,3 +231,132 @@ def test_parallel_decoding_matches_serial(tmp_path):
   bad = paths[:5] + [str(tmp_path / 'missing.jpg')] + paths[5:]
   with pytest.raises(data.DatasetError, match='missing.jpg'):
     list(decode.decode_images(bad, 24, 12, num_workers=3))
+
+
+def _damage(prepared, split, how):
+  """Truncates (`how`='truncate') or flips one byte in the middle of (`how`='flip') the
+  array_record file of `split`: a half-copied cache, bit rot."""
+  name, = [n for n in os.listdir(prepared) if f'-{split}.array_record' in n]
+  path = os.path.join(prepared, name)
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    if how == 'truncate':
+      f.truncate(size // 2)
+    else:
+      f.seek(size // 2)
+      byte = f.read(1)
+      f.seek(size // 2)
+      f.write(bytes([byte[0] ^ 0xFF]))
+  return name
+
+
+def _asides(prepared):
+  config_dir = os.path.dirname(prepared)
+  return sorted(n for n in os.listdir(os.path.dirname(config_dir))
+                if n.startswith(os.path.basename(config_dir) + '.damaged-'))
+
+
+@pytest.mark.parametrize('how,split,sizes_noted', [
+    ('truncate', 'train_visible', True),  # seen from the sizes noted at preparation
+    ('flip', 'test_infrared', True),  # same size: seen by Riegeli's hashes on reading
+    ('truncate', 'train_infrared', False),  # a copy prepared before sizes were noted
+])
+def test_a_damaged_prepared_copy_is_set_aside_and_prepared_again(tmp_path, capsys, how, split,
+                                                                 sizes_noted):
+  from vireid_jax.data import tfds_builders
+  synthetic.write_sysu(str(tmp_path), num_ids=6, images_per_camera=2, image_size=(40, 20))
+  cfg = _data_cfg(tmp_path)
+  prepared = data.prepare(cfg)
+  assert os.path.isfile(os.path.join(prepared, tfds_builders.SIZES_NAME))
+  intact = {'train': data.load_train(cfg), 'test': data.load_test(cfg)}
+  if not sizes_noted:
+    os.remove(os.path.join(prepared, tfds_builders.SIZES_NAME))
+  name = _damage(prepared, split, how)
+  capsys.readouterr()
+  loaded = {'train': data.load_train(cfg), 'test': data.load_test(cfg)}
+  out = capsys.readouterr().out
+  moved = [line for line in out.splitlines() if 'is damaged' in line]
+  assert len(moved) == 1 and moved[0].startswith(f'The prepared copy {os.path.dirname(prepared)}')
+  assert 'moved it aside to' in moved[0] and str(tmp_path / 'SYSU-MM01') in moved[0]
+  assert split in moved[0]  # the file (size check) or the split (read error)
+  for part in ('train', 'test'):
+    for again, before in zip(loaded[part], intact[part]):
+      np.testing.assert_array_equal(again.images, before.images)
+      np.testing.assert_array_equal(again.paths, before.paths)
+  aside, = _asides(prepared)  # kept, damaged as it was
+  kept = os.path.join(os.path.dirname(os.path.dirname(prepared)), aside,
+                      os.path.basename(prepared), name)
+  assert os.path.getsize(kept) != os.path.getsize(os.path.join(prepared, name)) or how == 'flip'
+  assert tfds_builders.size_damage(prepared) is None  # the new copy, sizes noted
+
+
+def test_a_damaged_copy_is_left_alone_where_this_process_may_not_prepare(tmp_path):
+  synthetic.write_sysu(str(tmp_path), num_ids=6, images_per_camera=2, image_size=(40, 20))
+  cfg = _data_cfg(tmp_path)
+  prepared = data.prepare(cfg)
+  _damage(prepared, 'test_visible', 'flip')
+  with pytest.raises(data.DatasetError, match=r'prepared copy .* is damaged \(test_visible: '
+                                              r'Corrupted Riegeli'):
+    load_split(cfg, 'test', prepare_missing=False)
+  _damage(prepared, 'train_visible', 'truncate')
+  with pytest.raises(data.DatasetError, match=r'is damaged \(.*train_visible.* bytes'):
+    load_split(cfg, 'test', prepare_missing=False)
+  assert _asides(prepared) == []
+
+
+def test_damage_without_the_images_to_prepare_again_ends_in_one_line(tmp_path):
+  """(Without the dataset folder at all, nothing reaches the prepared copy: the usual 'not
+  found' line names the folder.)"""
+  folder = synthetic.write_sysu(str(tmp_path), num_ids=6, images_per_camera=2,
+                                image_size=(40, 20))
+  cfg = _data_cfg(tmp_path)
+  prepared = data.prepare(cfg)
+  _damage(prepared, 'train_visible', 'truncate')
+  victim = os.path.join(folder, 'cam1', '0001', '0001.jpg')
+  with open(victim, 'r+b') as f:  # the dataset folder went bad too
+    f.truncate(10)
+  with pytest.raises(data.DatasetError) as error:
+    data.load_train(cfg)
+  message = str(error.value)
+  assert '\n' not in message
+  assert message.startswith(f'the prepared copy {os.path.dirname(prepared)} is damaged (')
+  assert 'was moved aside to ' in message and victim in message
+
+
+def test_every_process_loads_after_process_0_mends_the_copy(tmp_path, capsys):
+  """data.shared's path (here with one process): damage seen while loading, mended once."""
+  from vireid_jax.data import shared
+  synthetic.write_sysu(str(tmp_path), num_ids=6, images_per_camera=2, image_size=(40, 20))
+  cfg = _data_cfg(tmp_path)
+  prepared = data.prepare(cfg)
+  intact = data.load_test(cfg)
+  _damage(prepared, 'test_infrared', 'flip')
+  visible, infrared = shared.load_test_on_every_process(cfg)
+  np.testing.assert_array_equal(infrared.images, intact[1].images)
+  np.testing.assert_array_equal(visible.images, intact[0].images)
+  assert len(_asides(prepared)) == 1 and 'is damaged' in capsys.readouterr().out
+
+
+def test_main_prepares_a_damaged_copy_again_with_one_line(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, os.path.join(repo, 'main.py'), '--mode', 'prepare', '--config',
+             os.path.join(repo, 'configs', 'demo.py'), f'--config.data.root={tmp_path}',
+             '--config.data.synthetic_ids=6', '--config.data.image_height=24',
+             '--config.data.image_width=12']
+  first = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=repo)
+  assert first.returncode == 0, first.stderr[-3000:]
+  prepared = first.stdout.splitlines()[-1].removeprefix('prepared: ')
+  sizes = {n: os.path.getsize(os.path.join(prepared, n)) for n in os.listdir(prepared)}
+  name = _damage(prepared, 'train_visible', 'truncate')
+  again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=repo)
+  assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
+  lines = again.stdout.splitlines()
+  aside, = _asides(prepared)
+  assert lines[1] == (
+      f'The prepared copy {os.path.dirname(prepared)} is damaged ({name} has '
+      f'{sizes[name] // 2} bytes, {sizes[name]} when it was prepared); moved it aside to '
+      f'{aside}, preparing it again from {tmp_path / "SYSU-MM01"}.')
+  assert lines[2].startswith('Preparing SYSU-MM01 ') and lines[-1] == f'prepared: {prepared}'
+  assert {n: os.path.getsize(os.path.join(prepared, n)) for n in os.listdir(prepared)} == sizes

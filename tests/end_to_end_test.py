@@ -199,7 +199,8 @@ def test_images_fed_from_the_host_train_like_images_on_the_devices(uninterrupted
 
 
 def test_llcm_two_epochs_then_eval_from_the_command_line(tmp_path):
-  """Synthetic LLCM through main.py: one epoch per stage, then `--mode eval` on the best."""
+  """Synthetic LLCM through main.py: one epoch per stage, then `--mode eval` on the best and
+  the latest checkpoint."""
   workdir, root = str(tmp_path / 'run'), str(tmp_path / 'data')
   overrides = {**TINY, 'data.dataset': 'llcm', 'eval.at_start': False,
                'schedule.eval_every': 2, 'eval.ranklist_queries': 2,
@@ -225,8 +226,11 @@ def test_llcm_two_epochs_then_eval_from_the_command_line(tmp_path):
                              text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   out = os.path.join(workdir, 'eval')
-  assert sorted(os.listdir(out)) == ['llcm_best.json', 'llcm_best.md', 'llcm_best_cmc.png',
-                                     'llcm_best_ranklist.png']
+  # The best checkpoint and the latest, each with its files, and the two side by side.
+  assert sorted(os.listdir(out)) == sorted(
+      [f'llcm_{kind}{suffix}' for kind in ('best', 'latest')
+       for suffix in ('.json', '.md', '_cmc.png', '_ranklist.png')] +
+      ['llcm_best_and_latest.md'])
   with open(os.path.join(out, 'llcm_best.json')) as f:
     results = json.load(f)
   # What the synthetic set implies: every test image of the query modality is a query, every
@@ -247,4 +251,8 @@ def test_llcm_two_epochs_then_eval_from_the_command_line(tmp_path):
   table = open(os.path.join(out, 'llcm_best.md')).read()
   assert 'LLCM infrared-to-visible | 10 (0-9) |' in table
   assert 'LLCM visible-to-infrared | 10 (0-9) |' in table
-  assert table in evaluated.stdout  # --mode eval prints what it wrote
+  # Both are after epoch 2 here: the same weights, the same numbers.
+  assert json.load(open(os.path.join(out, 'llcm_latest.json'))) == results
+  side_by_side = open(os.path.join(out, 'llcm_best_and_latest.md')).read()
+  assert 'best (epoch 2): Rank-1' in side_by_side and 'latest (epoch 2): Rank-1' in side_by_side
+  assert side_by_side in evaluated.stdout  # --mode eval prints what it wrote

@@ -114,3 +114,75 @@ def test_choose_queries_picks_distinct_identities_deterministically():
   assert len(chosen) == 8 and len(set(q_pids[chosen])) == 8
   np.testing.assert_array_equal(chosen, evaluation.choose_queries(q_pids, 8, seed=3))
   assert len(evaluation.choose_queries(q_pids, 50)) == 20
+
+
+def _cells(table, setting):
+  """The cells of the row of `setting`, split on '|'."""
+  row, = [line for line in table.splitlines() if line.startswith(f'| {setting} ')]
+  return [cell.strip() for cell in row.strip('|').split('|')]
+
+
+def test_side_by_side_table_puts_each_checkpoint_in_its_columns():
+  best = fake_results()
+  latest = json.loads(json.dumps(best))
+  for result in latest.values():  # another checkpoint: other numbers
+    for entry in result['per_trial']:
+      entry['mAP'] -= 5.0
+    result['mean']['mAP'] = float(np.mean([e['mAP'] for e in result['per_trial']]))
+  del latest['visible_to_thermal']  # a setting one checkpoint lacks
+  table = evaluation.side_by_side_table([('best (epoch 12)', best), ('latest (epoch 16)',
+                                                                    latest)])
+  assert table.splitlines()[0] == ('| Setting | Trials | best (epoch 12): Rank-1 | mAP | mINP | '
+                                   'latest (epoch 16): Rank-1 | mAP | mINP |')
+  # SYSU, 3 draws: mean ± sample std of each checkpoint's own trials (46 ± 1, then 41 ± 1).
+  assert _cells(table, 'SYSU-MM01 all-search single-shot') == [
+      'SYSU-MM01 all-search single-shot', '3 (0-2)', '51.00 ± 1.00', '46.00 ± 1.00',
+      '31.00 ± 1.00', '51.00 ± 1.00', '41.00 ± 1.00', '31.00 ± 1.00']
+  assert _cells(table, 'RegDB visible-to-thermal') == [
+      'RegDB visible-to-thermal', '1 (4)', '60.00', '55.00', '40.00', '-', '-', '-']
+
+
+def regdb_trial(trial, shift):
+  """A RegDB result of one split, in the runners' structure (one trial entry)."""
+  results = {}
+  for name, query, gallery in (('visible_to_thermal', 'visible', 'thermal'),
+                               ('thermal_to_visible', 'thermal', 'visible')):
+    entry = {'trial': trial, 'gallery_size': 2060, 'rank1': 80.0 + shift, 'rank5': 90.0,
+             'rank10': 95.0, 'rank20': 98.0, 'mAP': 70.0 + 2 * shift, 'mINP': 50.0 - shift,
+             'cmc': [80.0 + shift] * 20}
+    keys = evaluation.METRIC_KEYS
+    results[name] = {
+        'dataset': 'regdb', 'setting': name, 'units': 'percent', 'num_query': 2060,
+        'max_rank': 20, 'query_modality': query, 'gallery_modality': gallery,
+        'trials': [trial], 'mean': {k: entry[k] for k in keys}, 'std': {k: 0.0 for k in keys},
+        'cmc': entry['cmc'], 'per_trial': [entry]}
+  return results
+
+
+def test_regdb_aggregate_shows_trial_1_beside_the_mean_for_each_checkpoint(tmp_path):
+  from vireid_jax import evaluate
+  shifts = {'best': {1: 3.0, 2: -1.0, 3: 1.0}, 'latest': {1: 0.5, 2: 0.0, 3: -2.0}}
+  for kind, by_trial in shifts.items():
+    for trial, shift in by_trial.items():
+      evaluation.write_results(regdb_trial(trial, shift), str(tmp_path / f'trial{trial}' / 'eval'),
+                               f'regdb_{kind}_trial{trial}')
+  text = evaluate.aggregate_runs(str(tmp_path))
+  table = (tmp_path / 'regdb_all_trials.md').read_text()
+  assert table in text and 'trains and tests' in table
+  assert table.splitlines()[0] == (
+      '| Setting | Checkpoint | trial 1: Rank-1 | mAP | mINP | Trials | mean: Rank-1 | mAP | '
+      'mINP |')
+  rows = [[cell.strip() for cell in line.strip('|').split('|')]
+          for line in table.splitlines()[2:] if line.startswith('| RegDB')]
+  assert [row[:2] for row in rows] == [
+      ['RegDB visible-to-thermal', 'best'], ['RegDB visible-to-thermal', 'latest'],
+      ['RegDB thermal-to-visible', 'best'], ['RegDB thermal-to-visible', 'latest']]
+  for row in rows:
+    by_trial = shifts[row[1]]
+    maps = [70.0 + 2 * shift for shift in by_trial.values()]
+    assert row[3] == f'{70.0 + 2 * by_trial[1]:.2f}'  # trial 1 alone
+    assert row[5] == '3 (1-3)'
+    assert row[7] == f'{np.mean(maps):.2f} ± {np.std(maps, ddof=1):.2f}'
+  for kind in shifts:  # the pooled results of each checkpoint kind
+    pooled = json.loads((tmp_path / f'regdb_all_trials_{kind}.json').read_text())
+    assert pooled['visible_to_thermal']['trials'] == [1, 2, 3]

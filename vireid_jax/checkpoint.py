@@ -11,19 +11,16 @@ number of finished epochs. With several processes every process calls these func
 together (orbax coordinates who writes what).
 """
 
-import contextlib
 import errno
-import gc
 import os
 import re
-import sys
-import tempfile
 from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vireid_jax import async_noise
 from vireid_jax import console
 from vireid_jax import files
 from vireid_jax import multihost
@@ -37,6 +34,27 @@ SUPERSEDED_SUFFIX = '.superseded'
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or none could be read; the message says what to do."""
+
+
+class CheckpointUnreadable(CheckpointError):
+  """A checkpoint's files cannot be read: damaged or incomplete.
+
+  Attributes:
+    folder: the checkpoint, `.../checkpoints/<kind>/<epoch>`.
+    reason: the root cause in at most 200 characters.
+  """
+
+  def __init__(self, folder: epath.Path, reason: str):
+    super().__init__(
+        f'checkpoint {folder} cannot be read ({reason}). Evaluate another one '
+        f'(--config.eval.checkpoint=best, latest or a checkpoint folder), or train on the '
+        f'workdir: training resumes from the newest checkpoint that reads.')
+    self.folder, self.reason = folder, reason
+
+
+class CheckpointMismatch(CheckpointError):
+  """An intact checkpoint whose arrays do not fit the state this config builds: it was
+  written with another config. Never treated as damage: nothing is moved."""
 
 
 def directory(workdir: str, kind: str) -> epath.Path:
@@ -75,8 +93,9 @@ def save(workdir: str, kind: str, epoch: int, state: Any, record: dict) -> None:
     CheckpointError: the write failed for an OS reason (no space, permission, quota); the
       previous checkpoints are intact.
   """
-  failure = None
-  with _captured_stderr() as captured:
+  # A failed write leaves orbax's threads and event loops to report it again at length;
+  # async_noise keeps that back once the failure is explained here.
+  with async_noise.held():
     try:
       with _manager(workdir, kind) as manager:
         manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -84,42 +103,18 @@ def save(workdir: str, kind: str, epoch: int, state: Any, record: dict) -> None:
                      force=True)
         manager.wait_until_finished()
     except Exception as error:  # pylint: disable=broad-except
-      failure = error
-      gc.collect()  # orbax's failed futures report themselves when collected: here, captured
-  os_error = _os_error(failure) if failure is not None else None
-  if os_error is None:  # success, or a failure one line cannot explain: show what orbax said
-    sys.stderr.write(captured[0])
-    if failure is not None:
-      raise failure
-    return
-  reason = os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error))
-  previous = latest_epoch(workdir, kind)
-  intact = (f'the previous checkpoint ({kind}/{previous}) is intact' if previous is not None
-            else 'no earlier checkpoint of this kind existed')
-  raise CheckpointError(
-      f'could not write checkpoint {kind}/{epoch} in {directory(workdir, kind)}: {reason} '
-      f'(errno {os_error.errno}); {intact}. Free space (or fix permissions), then run the '
-      f'same command to resume.') from failure
-
-
-@contextlib.contextmanager
-def _captured_stderr():
-  """Collects everything written to the process's stderr (Python, C++, other threads) into the
-  returned list's first item, as text. A failing orbax save prints a traceback from each of its
-  writer threads; the caller decides whether anyone needs to read them."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  captured = ['']
-  with tempfile.TemporaryFile() as capture:
-    os.dup2(capture.fileno(), 2)
-    try:
-      yield captured
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      capture.seek(0)
-      captured[0] = capture.read().decode('utf-8', 'replace')
+      os_error = _os_error(error)
+      if os_error is None:  # a failure one line cannot explain: orbax's own words follow
+        raise
+      async_noise.explained()
+      reason = os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error))
+      previous = latest_epoch(workdir, kind)
+      intact = (f'the previous checkpoint ({kind}/{previous}) is intact'
+                if previous is not None else 'no earlier checkpoint of this kind existed')
+      raise CheckpointError(
+          f'could not write checkpoint {kind}/{epoch} in {directory(workdir, kind)}: '
+          f'{reason} (errno {os_error.errno}); {intact}. Free space (or fix permissions), '
+          f'then run the same command to resume.') from error
 
 
 def epochs(workdir: str, kind: str = LATEST) -> list[int]:
@@ -141,17 +136,88 @@ def restore(workdir: str, kind: str, abstract_state: Any, epoch: int | None = No
   `abstract_state` is a pytree with the target structure (arrays or jax.ShapeDtypeStruct with
   shardings); restored arrays take its shardings, so a checkpoint written by N processes
   restores into a mesh of any size.
+
+  Raises:
+    FileNotFoundError: no checkpoint of `kind`.
+    CheckpointMismatch: the checkpoint is intact but holds other arrays than `abstract_state`
+      (seen in its metadata, before any array is read).
+    CheckpointUnreadable: its files cannot be read.
   """
   epoch = latest_epoch(workdir, kind) if epoch is None else epoch
   if epoch is None:
     raise FileNotFoundError(
         f'no {kind} checkpoint in {directory(workdir, kind)}: train first '
         f'(python main.py --config ... --workdir {workdir})')
+  folder = directory(workdir, kind) / str(epoch)
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  with _manager(workdir, kind) as manager:
-    restored = manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
+  # A failed read leaves orbax's threads and event loops to report it again at length;
+  # async_noise keeps that back once the failure is explained in the error raised here.
+  with async_noise.held():
+    try:
+      stored = ocp.StandardCheckpointHandler().metadata(folder / 'state')
+    except Exception as error:  # pylint: disable=broad-except  (unreadable metadata: damage)
+      async_noise.explained()
+      raise CheckpointUnreadable(folder, _short(error)) from error
+    difference = _first_difference(_shapes(stored), _shapes(target))
+    if difference:
+      async_noise.explained()
+      raise CheckpointMismatch(
+          f'checkpoint {folder} does not fit the model and optimiser of this config '
+          f'({difference}): it was written with another config. It is intact and was left as '
+          f'it is: run with the config it was written with, or choose a new --workdir.')
+    try:
+      with _manager(workdir, kind) as manager:
+        restored = manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
+    except Exception as error:  # pylint: disable=broad-except  (any unreadable file is damage)
+      async_noise.explained()
+      raise CheckpointUnreadable(folder, _short(error)) from error
   return restored.state, restored.record
+
+
+def read_record(workdir: str, kind: str, epoch: int) -> dict:
+  """The JSON record of checkpoint `kind/epoch` (epoch, history, best, config), without reading
+  its arrays. Raises CheckpointUnreadable."""
+  folder = directory(workdir, kind) / str(epoch)
+  with async_noise.held():
+    try:
+      return ocp.JsonCheckpointHandler().restore(folder / 'record')
+    except Exception as error:  # pylint: disable=broad-except
+      raise CheckpointUnreadable(folder, _short(error)) from error
+
+
+def _key_name(key) -> str:
+  for attribute in ('key', 'name', 'idx'):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """'params/layer1/block0/conv1/kernel' -> shape, for every array of `tree`. Names join dict
+  keys, dataclass fields and sequence positions alike, so a TrainState and the dict that orbax
+  stores of it give the same names."""
+  return {'/'.join(_key_name(k) for k in path): tuple(getattr(leaf, 'shape', ()))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _first_difference(stored: dict[str, tuple], wanted: dict[str, tuple]) -> str:
+  """'' when the checkpoint stores exactly the arrays of `wanted`, with their shapes; else
+  the first difference and how many more there are."""
+  differences = [f'{name}: stored {stored[name]}, this config {shape}'
+                 for name, shape in wanted.items() if name in stored and stored[name] != shape]
+  differences += [f'{name}: not in the checkpoint' for name in wanted if name not in stored]
+  differences += [f'{name}: in the checkpoint, not in this config' for name in stored
+                  if name not in wanted]
+  if not differences:
+    return ''
+  more = f'; {len(differences) - 1} more' if len(differences) > 1 else ''
+  return differences[0] + more
+
+
+def workdir_of(folder) -> epath.Path:
+  """The workdir of a checkpoint folder `<workdir>/checkpoints/<kind>/<epoch>`."""
+  return files.path(folder).parent.parent.parent
 
 
 def restore_path(path: str, abstract_state: Any):
@@ -161,8 +227,7 @@ def restore_path(path: str, abstract_state: Any):
     raise FileNotFoundError(
         f'{path} is not a checkpoint directory: expected <workdir>/checkpoints/<best|latest>/'
         f'<epoch>')
-  workdir = path.parent.parent.parent
-  return restore(str(workdir), path.parent.name, abstract_state, int(path.name))
+  return restore(str(workdir_of(path)), path.parent.name, abstract_state, int(path.name))
 
 
 def _short(error: BaseException) -> str:
@@ -197,18 +262,28 @@ def restore_newest_readable(workdir: str, abstract_state: Any,
     return None
   unreadable = []
   for position, (kind, epoch) in enumerate(candidates):
-    result, error = None, None
+    result, error, mismatch = None, None, None
     try:
       result = restore(workdir, kind, abstract_state, epoch)
+    except CheckpointMismatch as e:
+      mismatch = e
     except Exception as e:  # pylint: disable=broad-except  (any unreadable file is a failure)
       error = e
+    # A checkpoint that does not fit this config is not damaged: stop, moving nothing.
+    if not multihost.all_true(mismatch is None):
+      raise mismatch or CheckpointMismatch(
+          f'checkpoint {directory(workdir, kind) / str(epoch)} does not fit this config on '
+          f'another process of this run; nothing was moved.')
     if multihost.all_true(error is None):
       _move_aside(workdir, unreadable)
       if kind == BEST and unreadable:
         say(f'Resuming from the best checkpoint ({kind}/{epoch}) instead: no latest checkpoint '
             f'could be read.')
       return (*result, kind)
-    reason = _short(error) if error is not None else 'another process could not read it'
+    if isinstance(error, CheckpointUnreadable):
+      reason = error.reason
+    else:
+      reason = _short(error) if error is not None else 'another process could not read it'
     unreadable.append((kind, epoch))
     following = candidates[position + 1] if position + 1 < len(candidates) else None
     then = f'trying {following[0]}/{following[1]}' if following else 'nothing else to try'

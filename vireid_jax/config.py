@@ -192,7 +192,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.llcm_setting = 'infrared_to_visible'  # | 'visible_to_infrared'
   config.eval.train_trials = (0,)  # gallery draws used by the in-training evaluation (reference: trial 0)
   config.eval.trials = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # gallery draws for `--mode eval`
-  config.eval.checkpoint = 'best'  # `--mode eval`: 'best', 'latest' or a checkpoint path
+  # `--mode eval`: 'both' (the best checkpoint, chosen on the test set during training as the
+  # authors' code does, beside the latest), 'best', 'latest' or a checkpoint folder.
+  config.eval.checkpoint = 'both'
   config.eval.ranklist_queries = 8  # queries drawn in the rank-list image; 0 = none
   config.eval.max_rank = 20
   config.eval.at_start = True  # also score the untrained network, so reports show the gain

@@ -96,9 +96,12 @@ def format_headline(config: ml_collections.ConfigDict, h: dict) -> str:
           f'mINP {h["mINP"]:.2f}')
 
 
-def _restore_variables(config, model, workdir: str, mesh) -> tuple[dict, dict]:
+BOTH = 'both'  # config.eval.checkpoint: the best and the latest checkpoint, side by side
+
+
+def _restore_variables(config, model, workdir: str, mesh, which: str) -> tuple[dict, dict]:
+  """(variables, record) of checkpoint `which`: 'best', 'latest' or a checkpoint folder."""
   abstract = train_state.abstract_train_state(config, model, mesh)
-  which = config.eval.checkpoint
   if which in (checkpoint.BEST, checkpoint.LATEST):
     state, record = checkpoint.restore(workdir, which, abstract)
   else:
@@ -106,42 +109,94 @@ def _restore_variables(config, model, workdir: str, mesh) -> tuple[dict, dict]:
   return {'params': state.params, 'batch_stats': state.batch_stats}, record
 
 
+def _checkpoints_to_evaluate(config, workdir: str) -> list[str]:
+  which = config.eval.checkpoint
+  if which != BOTH:
+    return [which]
+  found = [kind for kind in (checkpoint.BEST, checkpoint.LATEST)
+           if checkpoint.latest_epoch(workdir, kind) is not None]
+  if not found:  # restore names the folder and what to do
+    return [checkpoint.LATEST]
+  return found
+
+
 def run_eval(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
-  """`--mode eval`: the full protocol on a checkpoint; returns the Markdown table (process 0;
-  None elsewhere)."""
+  """`--mode eval`: the full protocol on a checkpoint, or (config.eval.checkpoint 'both', the
+  default) on the best and the latest side by side; returns what to print (process 0; None
+  elsewhere).
+
+  Writes into <workdir>/eval/ per checkpoint `<dataset>_<best|latest|checkpoint>[_trial<k>]`
+  .json, .md, _cmc.png, _ranklist.png, and with 'both' `<dataset>_best_and_latest[...].md`.
+  """
   from vireid_jax import extract as extract_lib
   from vireid_jax.data import shared as shared_data
   from vireid_jax import models
 
   mesh = sharding.make_mesh()
   model = models.build_model(config.model)
-  variables, record = _restore_variables(config, model, workdir, mesh)
+  # Every checkpoint first: a missing or unreadable one stops before the data is loaded.
+  restored = [(which, *_restore_variables(config, model, workdir, mesh, which))
+              for which in _checkpoints_to_evaluate(config, workdir)]
   test_visible, test_infrared = shared_data.load_test_on_every_process(config.data)
   extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
                                               tuple(config.data.std), config.eval.flip)
-  cache = {}
-
-  def extract(images, modality, desc):
-    cache[modality] = extract_lib.extract_features(extract_batch, variables, images, modality,
-                                                   config.eval.batch_size, mesh, desc=desc)
-    return cache[modality]
-
-  results = evaluate_features(config, extract, test_visible, test_infrared,
-                              trials=config.eval.trials, full=True)
-  if results is None:  # not process 0
-    return None
   out_dir = files.path(workdir) / 'eval'
-  which = config.eval.checkpoint if config.eval.checkpoint in ('best', 'latest') else 'checkpoint'
-  name = f'{config.data.dataset}_{which}'
-  if config.data.dataset == 'regdb':
-    name += f'_trial{config.data.trial}'
-  _, markdown_path = evaluation.write_results(results, out_dir, name)
-  evaluation.plot_cmc(results, out_dir / f'{name}_cmc.png')
-  if config.eval.ranklist_queries:
-    _save_ranklist(config, cache, test_visible, test_infrared, out_dir / f'{name}_ranklist.png')
-  table = files.read_text(markdown_path)
-  return (f'checkpoint: {config.eval.checkpoint} (after epoch {record["epoch"]})\n{table}\n'
-          f'written to {out_dir}/')
+  trial = f'_trial{config.data.trial}' if config.data.dataset == 'regdb' else ''
+  evaluated = []  # (label, record, results)
+  for which, variables, record in restored:
+    label = which if which in (checkpoint.BEST, checkpoint.LATEST) else 'checkpoint'
+    cache = {}
+
+    def extract(images, modality, desc, variables=variables, cache=cache):
+      cache[modality] = extract_lib.extract_features(extract_batch, variables, images,
+                                                     modality, config.eval.batch_size, mesh,
+                                                     desc=desc)
+      return cache[modality]
+
+    results = evaluate_features(config, extract, test_visible, test_infrared,
+                                trials=config.eval.trials, full=True)
+    if results is None:  # not process 0
+      continue
+    name = f'{config.data.dataset}_{label}{trial}'
+    evaluation.write_results(results, out_dir, name)
+    evaluation.plot_cmc(results, out_dir / f'{name}_cmc.png')
+    if config.eval.ranklist_queries:
+      _save_ranklist(config, cache, test_visible, test_infrared, out_dir / f'{name}_ranklist.png')
+    evaluated.append((label, record, results))
+  if not multihost.is_main():
+    return None
+  note = _which_note(config, evaluated)
+  if len(evaluated) == 1:
+    label, record, _ = evaluated[0]
+    table = files.read_text(out_dir / f'{config.data.dataset}_{label}{trial}.md')
+    return (f'checkpoint: {config.eval.checkpoint} (after epoch {record["epoch"]})\n'
+            + (f'{note}\n' if note else '') + f'{table}\nwritten to {out_dir}/')
+  columns = [(f'{label} (epoch {record["epoch"]})', results)
+             for label, record, results in evaluated]
+  each = ', '.join(f'{config.data.dataset}_{label}{trial}.md' for label, _, _ in evaluated)
+  text = (f'{evaluation.side_by_side_table(columns)}\n{note}\nPercent; with several trials, '
+          f'mean ± sample standard deviation. Every setting and metric: {each}.\n')
+  path = files.write_text(out_dir / f'{config.data.dataset}_best_and_latest{trial}.md', text)
+  return f'{text}\nwritten to {out_dir}/ ({path.name}, and the files of each checkpoint)'
+
+
+def _which_note(config, evaluated: list) -> str:
+  """What 'best' and 'latest' mean: the best is chosen on test data."""
+  notes = []
+  for label, record, results in evaluated:
+    if label == checkpoint.BEST:
+      setting = selection_setting(config)
+      if setting in results:
+        setting = evaluation.display_name(results[setting])
+      notes.append(
+          f'best: after epoch {record["epoch"]}, the highest {setting} mAP of the evaluations '
+          f'during training, which use the test set (as the authors\' code does): the best is '
+          f'chosen on test data.')
+    elif label == checkpoint.LATEST:
+      notes.append(f'latest: after epoch {record["epoch"]} of {config.schedule.epochs}'
+                   + (' (the last).' if record['epoch'] == config.schedule.epochs else
+                      ' (training has not finished).'))
+  return ' '.join(notes)
 
 
 def _save_ranklist(config, features: dict, test_visible: ImageSet, test_infrared: ImageSet,
@@ -168,17 +223,39 @@ def _save_ranklist(config, features: dict, test_visible: ImageSet, test_infrared
                            rules=config.data.dataset, is_similarity=True)
 
 
+# The RegDB split the authors' code trains and tests (its RegDB.py hard-codes trial 1).
+AUTHORS_REGDB_TRIAL = 1
+
+
 def aggregate_runs(workdir: str) -> str:
-  """`--mode aggregate`: pools `eval/regdb_best_trial<k>.json` of every run under `workdir`."""
-  paths = sorted(str(p) for p in files.path(workdir).glob('*/eval/regdb_best_trial*.json'))
-  if not paths:
+  """`--mode aggregate`: pools `eval/regdb_<best|latest>_trial<k>.json` of every run under
+  `workdir` (one run per RegDB split), for each checkpoint kind found.
+
+  Writes `regdb_all_trials_<kind>.{json,md}` (the pooled results) and `regdb_all_trials.md`:
+  per setting and checkpoint, split 1 alone (what the authors' code trains and tests) beside
+  the mean ± std over every split. Returns that table and where the files are.
+  """
+  pooled, counts = [], []
+  for kind in (checkpoint.BEST, checkpoint.LATEST):
+    paths = sorted(str(p) for p in
+                   files.path(workdir).glob(f'*/eval/regdb_{kind}_trial*.json'))
+    if paths:
+      results = evaluation.aggregate_files(paths)
+      evaluation.write_results(results, workdir, f'regdb_all_trials_{kind}')
+      pooled.append((kind, results))
+      counts.append(f'{len(paths)} {kind}')
+  if not pooled:
     raise FileNotFoundError(
         f'no RegDB results under {workdir}/*/eval/: run `--mode eval` in each trial\'s workdir '
         f'(e.g. {workdir}/trial1 ... {workdir}/trial10) first')
-  pooled = evaluation.aggregate_files(paths)
-  _, markdown_path = evaluation.write_results(pooled, workdir, 'regdb_all_trials')
-  return (f'{len(paths)} trial results pooled:\n{files.read_text(markdown_path)}\nwritten to '
-          f'{markdown_path}')
+  table = evaluation.trial_and_mean_table(pooled, trial=AUTHORS_REGDB_TRIAL)
+  text = (f'{table}\nTrial {AUTHORS_REGDB_TRIAL} is the split the authors\' code trains and '
+          f'tests; the mean (± sample standard deviation) pools every split found. best: '
+          f'chosen during training on the test set, as the authors\' code does; latest: after '
+          f'the last epoch. Percent.\n')
+  path = files.write_text(files.path(workdir) / 'regdb_all_trials.md', text)
+  return (f'trial results pooled ({", ".join(counts)}):\n{text}\nwritten to {path} (and '
+          f'regdb_all_trials_<best|latest>.json/.md beside it)')
 
 
 def summary_after_training(workdir: str) -> str:

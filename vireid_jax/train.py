@@ -257,8 +257,9 @@ class Trainer:
           f'loss became {losses_per_step[bad_step]} at epoch {epoch + 1} (of '
           f'{config.schedule.epochs}), step {bad_step + 1} (of {len(losses_per_step)}); the run '
           f'stopped without saving this epoch. The last good checkpoint (after epoch {epoch}) '
-          f'is intact in {checkpoint.directory(self.workdir, checkpoint.LATEST)}: lower the '
-          f'learning rate or check the data, then run the same command to resume.')
+          f'is intact in {checkpoint.directory(self.workdir, checkpoint.LATEST)}: check the '
+          f'data and run the same command to resume, or train with a lower learning rate in a '
+          f'new --workdir (a workdir resumes only with the settings it was trained with).')
     summary = {f'loss/{k}': float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
     summary['lr'] = train_state.learning_rate(config.optim, schedule.lr_epoch)
     return summary
@@ -378,9 +379,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   held = multihost.run_on_main(lambda: run_lock.acquire(workdir), 'locking the workdir')
   try:
+    trainer = Trainer(config, workdir)
+    # Written once the workdir's checkpoints (if any) restored into this config's state.
     if multihost.is_main():
       files.write_text(files.path(workdir) / 'config.json', config.to_json_best_effort(indent=2))
-    return Trainer(config, workdir).run(max_epochs=max_epochs)
+    return trainer.run(max_epochs=max_epochs)
   finally:
     if held is not None:
       run_lock.release(workdir, held)

@@ -7,9 +7,15 @@ host memory as `ImageSet`s, preparing first when needed. The cache is keyed by d
 named in the key unless Lanczos) and, for the synthetic set, its generation settings; changing
 any of them prepares a new copy beside the old one. Preparation reads the dataset folder, not
 the cache, so delete `cache_dir` to re-prepare after changing the files themselves.
+
+A prepared copy found damaged (a file whose size changed since preparation, or a read error)
+is moved aside to `<name>.damaged-<time>` with one line and prepared again from the dataset
+folder; `load_split(prepare_missing=False)` (processes other than 0) raises
+`DamagedPreparedCopy` instead, and data/shared.py has process 0 mend it.
 """
 
 import os
+import time
 
 from absl import logging
 
@@ -17,6 +23,7 @@ from vireid_jax.data import llcm
 from vireid_jax.data import regdb
 from vireid_jax.data import synthetic
 from vireid_jax.data import sysu
+from vireid_jax.data.errors import DamagedPreparedCopy
 from vireid_jax.data.errors import DatasetError
 from vireid_jax.data.types import ImageSet
 from vireid_jax.data.types import INFRARED
@@ -170,8 +177,9 @@ def prepare(data_cfg, create: bool = True) -> str:
   Args:
     data_cfg: `config.data` (dataset, root, layout, cache_dir, synthetic, synthetic_ids,
       image_height, image_width, trial, num_workers).
-    create: False only finds a prepared copy (raising DatasetError if there is none): what
-      the processes other than 0 of a multi-process run do.
+    create: False only finds a prepared copy (raising DatasetError if there is none, and
+      DamagedPreparedCopy if one of its files changed size): what the processes other than 0
+      of a multi-process run do.
 
   Returns:
     The prepared dataset folder (a TFDS dataset: `tfds.builder_from_directory` reads it).
@@ -180,37 +188,89 @@ def prepare(data_cfg, create: bool = True) -> str:
     DatasetError: missing dataset or split file, a split file naming a missing folder or file,
       an unreadable image; the message names the path and what was expected.
   """
+  builder, dataset_dir = _builder(data_cfg, generate=create)
+  from vireid_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  if tfds_builders.is_prepared(builder.data_dir):
+    damage = tfds_builders.size_damage(os.fspath(builder.data_dir))
+    if damage is None:
+      return os.fspath(builder.data_dir)
+    if not create:
+      raise DamagedPreparedCopy(os.fspath(builder.data_dir), damage)
+    return prepare_again(data_cfg, DamagedPreparedCopy(os.fspath(builder.data_dir), damage))
+  if not create:
+    raise DatasetError(
+        f'{builder.data_dir} is not prepared, as seen from this process: with several '
+        f'hosts, put config.data.cache_dir (and the dataset) on a path every host sees, or '
+        f'run `python main.py --mode prepare ...` on every host first')
+  return _prepare_new(data_cfg, builder, dataset_dir)
+
+
+def _prepare_new(data_cfg, builder, dataset_dir: str) -> str:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from vireid_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  builder, dataset_dir = _builder(data_cfg, generate=create)
-  if not tfds_builders.is_prepared(builder.data_dir):
-    if not create:
-      raise DatasetError(
-          f'{builder.data_dir} is not prepared, as seen from this process: with several '
-          f'hosts, put config.data.cache_dir (and the dataset) on a path every host sees, or '
-          f'run `python main.py --mode prepare ...` on every host first')
-    print(f'Preparing {_NAMES[data_cfg.dataset]} from {dataset_dir} into {builder.data_dir} '
-          f'({builder.builder_config.name})', flush=True)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=dataset_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  print(f'Preparing {_NAMES[data_cfg.dataset]} from {dataset_dir} into {builder.data_dir} '
+        f'({builder.builder_config.name})', flush=True)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=dataset_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  tfds_builders.record_sizes(os.fspath(builder.data_dir))
   return os.fspath(builder.data_dir)
+
+
+def prepare_again(data_cfg, damage: DamagedPreparedCopy) -> str:
+  """Moves a damaged prepared copy aside (one line) and prepares it again from the dataset.
+
+  The copy's configuration folder (`.../<builder>/<config>`, which holds its one version) is
+  renamed to `<config>.damaged-<time>` and kept, so nothing is deleted.
+
+  Returns:
+    The new prepared folder.
+
+  Raises:
+    DatasetError: preparing again failed (the dataset folder is incomplete): one line naming
+      the damaged copy, where it was moved and what the dataset folder lacks.
+  """
+  damaged = os.path.dirname(os.path.abspath(damage.prepared_dir))  # .../<builder>/<config>
+  aside = f'{damaged}.damaged-{time.strftime("%Y%m%d-%H%M%S")}'
+  copy = 1
+  while os.path.exists(aside):
+    copy += 1
+    aside = f'{damaged}.damaged-{time.strftime("%Y%m%d-%H%M%S")}-{copy}'
+  os.rename(damaged, aside)
+  try:
+    builder, dataset_dir = _builder(data_cfg)  # anew: TFDS notes what exists on creation
+    print(f'The prepared copy {damaged} is damaged ({damage.reason}); moved it aside to '
+          f'{os.path.basename(aside)}, preparing it again from {dataset_dir}.', flush=True)
+    return _prepare_new(data_cfg, builder, dataset_dir)
+  except DatasetError as error:
+    raise DatasetError(
+        f'the prepared copy {damaged} is damaged ({damage.reason}) and was moved aside to '
+        f'{os.path.basename(aside)}; preparing it again failed: {error}') from error
 
 
 def load_split(data_cfg, split: str, prepare_missing: bool = True) -> tuple[ImageSet, ImageSet]:
   """(visible, infrared) ImageSets of 'train' or 'test', preparing the cache if needed (and
-  `prepare_missing`)."""
-  from vireid_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  `prepare_missing`), and preparing it again if it is damaged (`prepare_missing`; else
+  DamagedPreparedCopy is raised)."""
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
   prepared = prepare(data_cfg, create=prepare_missing)
+  try:
+    return read_prepared(data_cfg, prepared, split)
+  except DamagedPreparedCopy as damage:
+    if not prepare_missing:
+      raise
+    return read_prepared(data_cfg, prepare_again(data_cfg, damage), split)
+
+
+def read_prepared(data_cfg, prepared: str, split: str) -> tuple[ImageSet, ImageSet]:
+  """(visible, infrared) of `split` from the prepared folder. Raises DamagedPreparedCopy."""
+  from vireid_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   sets = []
   for modality in (VISIBLE, INFRARED):
     arrays = tfds_builders.read_split(prepared, f'{split}_{modality}',
                                       (data_cfg.image_height, data_cfg.image_width))
     sets.append(ImageSet(*arrays, modality=modality))
   return sets[0], sets[1]
-
-
 def load_train(data_cfg) -> tuple[ImageSet, ImageSet]:
   """(visible, infrared) training images: SYSU ids of train + val, the RegDB trial's train, or
   LLCM's idx/train_vis.txt and idx/train_nir.txt.

@@ -4,7 +4,7 @@ All take the result dicts of `protocols` (numbers in percent).
 """
 
 import json
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,6 +51,62 @@ def markdown_table(results: Dict[str, dict]) -> str:
   lines.append('Percent. With several trials: mean ± sample standard deviation over them '
                '(SYSU-MM01, LLCM: random gallery draws; RegDB: separate training runs on each '
                'split).')
+  return '\n'.join(lines) + '\n'
+
+
+SIDE_BY_SIDE_KEYS = ('rank1', 'mAP', 'mINP')
+
+
+def _cell(result: dict, key: str) -> str:
+  if key not in result['mean']:
+    return '-'
+  if len(result['per_trial']) > 1:
+    return f'{result["mean"][key]:.2f} ± {result["std"][key]:.2f}'
+  return f'{result["mean"][key]:.2f}'
+
+
+def side_by_side_table(columns: Sequence[Tuple[str, Dict[str, dict]]],
+                       keys: Sequence[str] = SIDE_BY_SIDE_KEYS) -> str:
+  """A Markdown table comparing several results of the same settings (e.g. two checkpoints):
+  one row per setting, one group of `keys` columns per (label, results), mean ± std over
+  trials, in percent. Settings missing from a result get '-'."""
+  titles = dict(_COLUMNS)
+  settings = list(dict.fromkeys(name for _, results in columns for name in results))
+  header = ['Setting', 'Trials'] + [f'{label}: {titles[key]}' if i == 0 else titles[key]
+                                    for label, _ in columns for i, key in enumerate(keys)]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for name in settings:
+    first = next(results[name] for _, results in columns if name in results)
+    cells = [display_name(first), _trial_list(first['trials'])]
+    for _, results in columns:
+      cells += [_cell(results[name], key) if name in results else '-' for key in keys]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def trial_and_mean_table(pooled: Sequence[Tuple[str, Dict[str, dict]]], trial: int = 1,
+                         keys: Sequence[str] = SIDE_BY_SIDE_KEYS) -> str:
+  """RegDB across its splits: for each setting and each (label, pooled result), split `trial`
+  alone beside the mean ± std over every split pooled (`aggregate_trials`' output)."""
+  titles = dict(_COLUMNS)
+  settings = list(dict.fromkeys(name for _, results in pooled for name in results))
+  header = (['Setting', 'Checkpoint'] +
+            [f'trial {trial}: {titles[key]}' if i == 0 else titles[key]
+             for i, key in enumerate(keys)] +
+            ['Trials'] + [f'mean: {titles[key]}' if i == 0 else titles[key]
+                          for i, key in enumerate(keys)])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for name in settings:
+    for label, results in pooled:
+      if name not in results:
+        continue
+      result = results[name]
+      alone: Optional[dict] = next(
+          (entry for entry in result['per_trial'] if entry['trial'] == trial), None)
+      cells = [display_name(result), label]
+      cells += [f'{alone[key]:.2f}' if alone and key in alone else '-' for key in keys]
+      cells += [_trial_list(result['trials'])] + [_cell(result, key) for key in keys]
+      lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
