@@ -24,6 +24,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # SYSU-MM01 training split (SPEC.md: Data): images per modality, identities.
 SYSU_VISIBLE = 22258
 SYSU_INFRARED = 11909
@@ -311,6 +313,15 @@ def dispatch_steps(step_fn, state, memories, batches, inputs, num_steps: int):
     state, memories, metrics = step_fn(state, memories, visible, infrared, inputs)
     per_step.append(metrics)
   return state, memories, per_step
+
+
+def load_config(path: str):
+  """`get_config()` of a config file (configs/*.py)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('benchmark_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def first_epoch_of_stage(config, stage: int) -> int:

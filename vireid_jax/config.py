@@ -80,6 +80,12 @@ def base_config() -> ml_collections.ConfigDict:
   # checked after downloading as torch.hub checks it.
   config.model.imagenet_url = 'https://download.pytorch.org/models/resnet50-0676ba61.pth'
   config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
+  # The features that decide the clustering and the evaluation: computed in float32 at the
+  # highest matmul precision, as the authors' float32 (TF32-convolution) extraction, whatever
+  # the training steps compute in ('compute' = model.dtype). docs/speed.md ("Precision") has
+  # what bfloat16 extraction changes and what float32 costs.
+  config.model.extract_dtype = 'float32'  # 'float32' | 'bfloat16' | 'compute'
+  config.model.extract_precision = 'highest'  # 'default' | 'high' | 'highest' (float32 only)
   # BatchNorm as the authors ran it: nn.DataParallel over k GPUs splits the visible batch and the
   # infrared batch each into k chunks, and every BatchNorm normalises GPU j's chunks alone
   # (running statistics: GPU 0's). 1 = the whole batch (one GPU); MBCCM's tester hard-codes 3
@@ -256,6 +262,8 @@ _CHOICES = {
     'data.train_resize': ('lanczos', 'bicubic'),
     'model.block': ('bottleneck', 'basic'),
     'model.dtype': ('auto', 'float32', 'bfloat16'),
+    'model.extract_dtype': ('float32', 'bfloat16', 'compute'),
+    'model.extract_precision': ('default', 'high', 'highest'),
     'memory.update_method': ('auto', 'sequential', 'by_rank'),
     'augment.linear_transform_loop': ('while', 'fixed', 'two_phase'),
     'cluster.on_no_clusters': ('stop', 'skip'),

@@ -138,8 +138,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
   restored = [(which, *_restore_variables(config, model, workdir, mesh, which))
               for which in _checkpoints_to_evaluate(config, workdir)]
   test_visible, test_infrared = shared_data.load_test_on_every_process(config.data)
-  extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
-                                              tuple(config.data.std), config.eval.flip)
+  extract_batch = extract_lib.for_config(model, config)
   out_dir = files.path(workdir) / 'eval'
   trial = f'_trial{config.data.trial}' if config.data.dataset == 'regdb' else ''
   evaluated = []  # (label, record, results)

@@ -8,8 +8,9 @@ from an array already on the devices (gathered there: no host-to-device copy per
 from host memory (each process copies only the rows its devices extract).
 """
 
+import contextlib
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,8 @@ class ExtractFns(NamedTuple):
   from_resident: Callable
 
 
-def make_extract_fn(model, mean, std, flip: bool, renormalize: bool = True) -> ExtractFns:
+def make_extract_fn(model, mean, std, flip: bool, renormalize: bool = True,
+                    precision: Optional[str] = None) -> ExtractFns:
   """Jitted eval features of a batch: the network's L2-normalised features f(x).
 
   Args:
@@ -44,9 +46,16 @@ def make_extract_fn(model, mean, std, flip: bool, renormalize: bool = True) -> E
       re-id flip test (MBCCM's `eval.flip`, PGM's test features, TS:235-242). False keeps the
       plain mean (f(x) + f(flip x)) / 2, whose norm is cos(angle / 2) <= 1: PGM's clustering
       features, never renormalised (EV:43-49, PGM.md quirk 6). Ignored without `flip`.
+    precision: the matmul and convolution precision of float32 compute ('default', 'high',
+      'highest'; None = JAX's default): on a TPU float32 'default' is one bfloat16 pass, on a
+      GPU TF32; 'highest' is true float32 on both.
   """
 
   def features_of(variables, batch, modality):
+    with (jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()):
+      return _features(variables, batch, modality)
+
+  def _features(variables, batch, modality):
     batch = augment.normalize(batch, mean, std)
 
     def forward(x):
@@ -65,6 +74,23 @@ def make_extract_fn(model, mean, std, flip: bool, renormalize: bool = True) -> E
       from_batch=jit(features_of),
       from_resident=jit(lambda variables, images, index, modality: features_of(
           variables, images[index], modality)))
+
+
+def for_config(model, config, clustering: bool = False) -> ExtractFns:
+  """The extraction a run uses: `model` computing in `config.model.extract_dtype` at
+  `config.model.extract_precision`, flip-averaged as `config.eval` says (test features) or as
+  `config.cluster` says (`clustering`: the training features clustered every epoch)."""
+  from vireid_jax.models import resnet  # pylint: disable=import-outside-toplevel
+  m = config.model
+  dtype = m.dtype if m.extract_dtype == 'compute' else m.extract_dtype
+  extract_model = model.clone(dtype=resnet.compute_dtype(dtype))
+  if clustering:
+    flip, renormalize = config.cluster.flip, config.cluster.renormalize
+  else:
+    flip, renormalize = config.eval.flip, True
+  precision = None if m.extract_precision == 'default' else m.extract_precision
+  return make_extract_fn(extract_model, tuple(config.data.mean), tuple(config.data.std), flip,
+                         renormalize=renormalize, precision=precision)
 
 
 def extract_features(extract_fns: ExtractFns, variables, images, modality: str,

@@ -44,6 +44,10 @@ FREE = (
     # instead, and --mode eval restores a checkpoint.
     'model.pretrained',
     'model.imagenet_url',
+    # The arithmetic of the feature extraction (dtype, matmul precision), not what the weights
+    # are: evaluating a checkpoint both ways is a question a user asks of the same workdir.
+    'model.extract_dtype',
+    'model.extract_precision',
     'pretrain',  # how the synthetic ImageNet stand-in (a starting weight file) is made
     # What to do when a modality has no cluster: the NoClustersStop message itself asks to
     # resume with 'skip'.

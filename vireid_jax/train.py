@@ -104,17 +104,14 @@ class Trainer:
     else:
       self.visible_images = self.train_visible.images
       self.infrared_images = self.train_infrared.images
-    self.extract_fns = extract_lib.make_extract_fn(
-        self.model, tuple(config.data.mean), tuple(config.data.std), config.eval.flip)
+    self.extract_fns = extract_lib.for_config(self.model, config)
     # The features clustered may be extracted otherwise than the evaluation's (PGM: the
     # flip-averaged features, not renormalised); the same function when they are not.
     c = config.cluster
     if (c.flip, c.renormalize) == (config.eval.flip, True):
       self.cluster_extract_fns = self.extract_fns
     else:
-      self.cluster_extract_fns = extract_lib.make_extract_fn(
-          self.model, tuple(config.data.mean), tuple(config.data.std), c.flip,
-          renormalize=c.renormalize)
+      self.cluster_extract_fns = extract_lib.for_config(self.model, config, clustering=True)
     self._step_fns = {}  # (phase, label_repeats) -> jitted step, made when first needed
     self.history: list[dict] = []
     self.best = {'mAP': -1.0, 'epoch': -1}

@@ -62,10 +62,9 @@ def validate(config) -> None:
                       f'missing): start from configs/pgm_sysu.py, pgm_regdb.py, pgm_llcm.py or '
                       f'pgm_demo.py (vireid_jax.methods.pgm.config.pgm_config)')
   rounds = config.pgm.rounds
-  if not (rounds == 'until_all' or (isinstance(rounds, int) and not isinstance(rounds, bool)
-                                    and rounds >= 1)):
+  if not (rounds == 'until_all' or (str(rounds).isdigit() and int(rounds) >= 1)):
     raise ConfigError(f"config.pgm.rounds = {rounds!r}; expected 'until_all' or a number of "
-                      f"rounds >= 1 (2 = the authors')")
+                      f"rounds >= 1 ('2' = the authors')")
   for field, value, choices in (
       ('memory.stage2_update', config.memory.stage2_update, ('sequential', 'hard')),
       ('pgm.more_infrared', config.pgm.more_infrared, ('symmetric', 'skip'))):
@@ -122,13 +121,17 @@ def build_memories(config, schedule, clusters, arrays) -> Memories:
 
 def plan_epoch(config, schedule, clusters, arrays, train_sets, rng):
   """Each modality's camera-aware passes, drawn independently."""
-  del schedule, arrays
+  del arrays
   visible_set, infrared_set = train_sets
   s = config.sampler
-  return sampler.plan_epoch(
-      clusters.visible_labels, visible_set.cams, clusters.infrared_labels, infrared_set.cams,
-      s.steps_per_epoch, rng, visible_batch=s.visible_images, infrared_batch=s.infrared_images,
-      num_instances=s.instances_per_cluster)
+  try:
+    return sampler.plan_epoch(
+        clusters.visible_labels, visible_set.cams, clusters.infrared_labels, infrared_set.cams,
+        s.steps_per_epoch, rng, visible_batch=s.visible_images,
+        infrared_batch=s.infrared_images, num_instances=s.instances_per_cluster)
+  except sampler.PassTooShort as error:  # the authors' loader dies with StopIteration here
+    raise methods.MethodStop(f'epoch {schedule.epoch + 1}: {error} (config.sampler.'
+                             f'visible_images / infrared_images).') from error
 
 
 def step_fns(config, phase, label_repeats=None) -> methods.StepFns:

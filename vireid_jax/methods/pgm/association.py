@@ -54,8 +54,10 @@ def associate(config, schedule, clusters, pids) -> tuple[dict, dict]:
   if config.cluster.oracle:
     visible_to_infrared, infrared_to_visible = _oracle_maps(clusters, pids)
   else:
+    rounds = config.pgm.rounds  # 'until_all' or a count (a string on the command line)
     visible_to_infrared, infrared_to_visible = pgm_match(
-        clusters.visible_centers, clusters.infrared_centers, rounds=config.pgm.rounds)
+        clusters.visible_centers, clusters.infrared_centers,
+        rounds=rounds if rounds == 'until_all' else int(rounds))
   for side, partners in (('visible', visible_to_infrared), ('infrared', infrared_to_visible)):
     if np.any(partners < 0):
       raise UnmatchedClusters(

@@ -90,8 +90,8 @@ def pgm_config(dataset: str = 'sysu') -> ml_collections.ConfigDict:
 
   config.pgm = ml_collections.ConfigDict()
   # 'until_all' repeats round 2 until every cluster has a partner (identical to the authors'
-  # two rounds whenever those leave none unmatched); 2 = the authors' two rounds, which stop
-  # the run where their code dies with a KeyError (quirk 1).
+  # two rounds whenever those leave none unmatched); '2' = the authors' two rounds, which stop
+  # the run where their code dies with a KeyError (quirk 1); any count of rounds, as a string.
   config.pgm.rounds = 'until_all'
   config.pgm.cross_weight = 0.25  # TRN:101
   # More infrared than visible clusters: 'symmetric' matches with the infrared side as the

@@ -44,6 +44,10 @@ INFRARED_BATCH = 256
 VISIBLE_BATCH = 128
 
 
+class PassTooShort(ValueError):
+  """One pass over a modality's clusters holds fewer images than one batch."""
+
+
 class ModalityPlan(NamedTuple):
   """One modality's images for every step of an epoch.
 
@@ -165,7 +169,7 @@ def camera_aware_plan(labels: np.ndarray, cameras: np.ndarray, steps: int, batch
   clusters = _group(labels, cameras, modality)
   length = pass_length(labels, num_instances)
   if length < batch_size:
-    raise ValueError(
+    raise PassTooShort(
         f'one pass over the {modality} clusters gives {length} images ({len(clusters.count)} '
         f'clusters), fewer than a batch of {batch_size}: lower the batch size or get more '
         'clustered images')
