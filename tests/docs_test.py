@@ -1,4 +1,5 @@
-"""The documentation: README.md is a front page whose links, and those of docs/*.md, all land.
+"""The documentation: README.md is a front page whose links, and those of docs/*.md and
+benchmarks/README.md, all land.
 
 Every relative link must name a file of the repository and, with `#anchor`, a heading of that
 file as GitHub slugs it; the README opens with the two commands (the ones CI runs); every page
@@ -104,7 +105,7 @@ def test_there_are_pages_to_check():
   assert len(pages()) > 5 and os.path.isfile(os.path.join(REPO, 'docs', 'new_method.md'))
 
 
-@pytest.mark.parametrize('page', pages())
+@pytest.mark.parametrize('page', pages() + ['benchmarks/README.md'])
 def test_every_relative_link_lands(page):
   text = read(page)
   broken = []
