@@ -2,7 +2,7 @@ r"""Command line of vireid_jax: parse flags and the config, then dispatch on --m
 
   python main.py --config configs/demo.py --workdir runs/demo              # train (default)
   python main.py --config configs/sysu.py --workdir runs/sysu --config.data.root /data
-  python main.py --config configs/sysu.py --workdir runs/sysu --mode eval  # best checkpoint
+  python main.py --config configs/sysu.py --workdir runs/sysu --mode eval  # best and latest
   python main.py --config configs/sysu.py --mode prepare                   # decode + cache data
   python main.py --config configs/demo.py --mode pretrain                  # ImageNet stand-in
   python main.py --mode aggregate --workdir runs/regdb                     # RegDB trials 1-10
@@ -13,7 +13,7 @@ or downloaded before any data is read (--config.model.pretrained=/path/to/resnet
 file of your own, =none for random weights). One run over several processes (hosts): start
 every process with the same command plus --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I (under SLURM, Open MPI or on a Cloud TPU pod they are found automatically); see
-README "Multi-host".
+docs/multihost.md.
 """
 
 import ast

@@ -21,7 +21,7 @@ the in-training mAP, trial 0) and then scored with `python main.py --mode eval`:
 all-search single-shot over gallery draws 0-9. The table gives mean ± sample standard deviation
 (ddof 1) over seeds of those 10-draw means, the matching measures of the last epoch, and the
 minutes per run; it is written to <root>/ablation.md (and .json) and printed with the script's
-wall time and the checks of README's targets.
+wall time and the checks of the demo's targets (docs/mbccm.md, "Ablation").
 """
 
 import argparse
@@ -184,7 +184,8 @@ def markdown(rows: dict, seeds) -> str:
 
 
 def target_checks(rows: dict) -> list[str]:
-  """The README's targets, computed from the rows (None where a setting was not run)."""
+  """The demo's targets (docs/mbccm.md, "Ablation"), computed from the rows (None where a
+  setting was not run)."""
   maps = {name.split(' (')[0]: [r['mAP'] for r in runs] for name, runs in rows.items()}
   start, stage1 = maps.get('pretrained start only'), maps.get('stage 1 only')
   full, bound = maps.get('full MBCCM'), maps.get('supervised bound')

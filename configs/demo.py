@@ -24,7 +24,8 @@ What still differs from the paper, and why:
   * learning rate 1e-3 and no multiplicative rectangles (linear_transform_prob 0): in single
     runs from an earlier stand-in, the paper's 3.5e-4 and 0.8 gave lower mAP at 16 short
     epochs; not re-measured over seeds.
-What it reaches, as means over training seeds, and how long it takes: README.md ("The demo").
+What it reaches, as means over training seeds, and how long it takes: docs/mbccm.md ("The demo,
+and what it reaches").
 --config.cluster.oracle=True gives the supervised bound of the same budget.
 """
 

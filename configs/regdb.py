@@ -4,7 +4,8 @@ r"""MBCCM on RegDB, one trial (SPEC.md); the standard report averages trials 1-1
       --config.data.root /data --config.data.trial 1
 
 `/data` holds `RegDB/` with Visible/, Thermal/ and idx/. Each trial is its own training run;
-`python main.py --mode aggregate --workdir runs` (see README) averages the trials' results.
+`python main.py --mode aggregate --workdir runs` (see docs/usage.md, "RegDB: ten trials") pools
+the trials' results: trial 1 beside the mean over trials.
 Published (ResNet-50, ImageNet init, visible-to-thermal): Rank-1 83.79, mAP 77.87, mINP 65.04.
 Starts, as the paper, from torchvision's ImageNet ResNet-50: found in PyTorch's cache
 (~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth or resnet50-19c8e357.pth; $TORCH_HOME

@@ -1,7 +1,7 @@
 """One run over several processes means what one process means: local CPU processes stand in
 for the hosts of a pod (2 processes x 2 devices against 1 process x 4 devices).
 
-Every run goes through `vireid_jax.launch`, the launcher the README shows, with the tiny demo
+Every run goes through `vireid_jax.launch`, the launcher docs/multihost.md shows, with the tiny demo
 config of end_to_end_test.py. The runs share the session's compilation cache (conftest.py), so
 only the first run of each process count compiles.
 """

@@ -82,8 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
   # The features that decide the clustering and the evaluation: computed in float32 at the
   # highest matmul precision, as the authors' float32 (TF32-convolution) extraction, whatever
-  # the training steps compute in ('compute' = model.dtype). docs/speed.md ("Precision") has
-  # what bfloat16 extraction changes and what float32 costs.
+  # the training steps compute in ('compute' = model.dtype). docs/speed.md ("Precision of the
+  # features that decide clustering") has what bfloat16 extraction changes and what float32
+  # costs.
   config.model.extract_dtype = 'float32'  # 'float32' | 'bfloat16' | 'compute'
   config.model.extract_precision = 'highest'  # 'default' | 'high' | 'highest' (float32 only)
   # BatchNorm as the authors ran it: nn.DataParallel over k GPUs splits the visible batch and the
@@ -218,7 +219,7 @@ def base_config() -> ml_collections.ConfigDict:
   # training seed, as one ImageNet checkpoint serves every run of the paper.
   config.pretrain.seed = 0
   # 10 epochs fit the labels but their features carried nothing across modalities (cross-
-  # modality mAP of the start at chance); 30 do (README: the demo). 60 bought no more.
+  # modality mAP of the start at chance); 30 do (docs/mbccm.md: the demo). 60 bought no more.
   config.pretrain.epochs = 30
   config.pretrain.batch_size = 128
   config.pretrain.learning_rate = 0.1  # peak, after warm-up (torchvision: 0.1 at batch 256)

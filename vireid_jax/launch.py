@@ -7,7 +7,7 @@ starts `python main.py <args> --coordinator_address=127.0.0.1:<free port> --num_
 --process_id=i` for i = 0, 1, each seeing 2 virtual CPU devices (JAX_NUM_CPU_DEVICES), so the
 run has a mesh of 4 devices over 2 processes, as 2 hosts with 2 chips each would. Process 0's
 output is passed through; the others' lines are prefixed with `[process i]`. If a process fails,
-the others get `--grace` seconds to stop by themselves (they should: see README "Multi-host"),
+the others get `--grace` seconds to stop by themselves (they should: see docs/multihost.md),
 then are killed, as they are when `--timeout` passes. The exit code is the first failure's, or 0.
 """
 
