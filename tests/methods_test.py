@@ -72,7 +72,7 @@ def tiny_config(method: str):
   config.method = method
   config.data.image_height, config.data.image_width = 16, 8
   config.model.block, config.model.stage_sizes, config.model.width = 'basic', (1, 1, 1, 1), 4
-  config.model.dtype = 'float32'
+  config.model.dtype, config.model.pretrained = 'float32', 'none'
   config.augment.pad = 1
   config.sampler.clusters_per_step, config.sampler.instances_per_cluster = 4, 2
   return config

@@ -300,3 +300,17 @@ def test_pgm_trains_and_evaluates_from_the_command_line(dataset, tmp_path):
   written = os.listdir(os.path.join(workdir, 'eval'))
   assert any(name.endswith('.json') for name in written)
   assert 'best' in evaluated.stdout and 'latest' in evaluated.stdout
+
+
+def test_a_pass_shorter_than_a_batch_stops_the_run_with_one_line():
+  """The authors' loader ends with StopIteration there; the method stops every process."""
+  config = tiny_pgm_config()
+  schedule = PGM.schedule(config, 3)
+  clusters = _clusters(2, 3)  # 2 visible clusters x 2 instances: 4 images, the batch is 8
+  sets = tuple(ImageSet(np.zeros((len(labels), 0, 0, 3), np.uint8), labels, labels % 2,
+                        np.array([''] * len(labels)), modality)
+               for labels, modality in ((clusters.visible_labels, VISIBLE),
+                                        (clusters.infrared_labels, INFRARED)))
+  with pytest.raises(methods.MethodStop, match=r'epoch 4: one pass over the visible clusters '
+                     r'gives 4 images .* fewer than a batch of 8.*visible_images'):
+    PGM.plan_epoch(config, schedule, clusters, {}, sets, np.random.default_rng(0))
