@@ -96,3 +96,32 @@ def test_train_step_loops_have_known_trip_counts_but_the_while_rectangles(stage,
     assert len(conditionals) == 1 and 'multiply_rectangles' in conditionals[0], conditionals
   else:
     assert not conditionals, conditionals
+
+
+@pytest.mark.parametrize('method_name', ['cluster_contrast', 'pgm'])
+def test_every_phase_of_the_other_methods_has_no_host_read_loop(method_name):
+  """The other methods' steps with by-rank updates: every loop's trip count is known and no
+  conditional is left (PGM's epoch parity is a compiled phase, not a cond)."""
+  from export_test import _epoch_inputs, _phases  # pylint: disable=import-outside-toplevel
+  from export_test import tiny_config as export_config  # pylint: disable=import-outside-toplevel
+  from vireid_jax import methods  # pylint: disable=import-outside-toplevel
+  config = export_config(method_name)
+  config.memory.update_method = 'by_rank'
+  config.augment.linear_transform_prob = 0.0
+  method = methods.load(method_name)
+  model = models.build_model(config.model)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state = train_state.abstract_train_state(config, model, mesh)
+  for schedule in _phases(method, config):
+    plan, memories = _epoch_inputs(method, config, schedule)
+    repeats = train_state.step_label_repeats(config, plan)
+    step_fn = train_state.make_train_step(model, config, mesh, schedule.phase,
+                                          label_repeats=repeats)
+    images = np.zeros((64, config.data.image_height, config.data.image_width, 3), np.uint8)
+    inputs = train_state.put_epoch_inputs(plan, epoch=schedule.epoch, first_step=0, mesh=mesh)
+    text = step_fn.lower(state, memories, images, images, inputs).compile(
+        compiler_options=FAST_COMPILE).as_text()
+    flow = xla_loops.control_flow(text)
+    assert [c.op_name for c in flow if c.kind == 'while' and c.trip_count is None] == []
+    assert [c.op_name for c in flow if c.kind == 'conditional'] == [], schedule.phase
+    assert any('memory_rounds' in c.op_name for c in flow if c.kind == 'while')
