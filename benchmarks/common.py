@@ -39,7 +39,15 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                      metavar=('H', 'W'), help='image height and width (288 144)')
   group.add_argument('--clusters', type=int, default=12,
                      help='clusters per modality per step (12)')
-  group.add_argument('--instances', type=int, default=12, help='images per cluster (12)')
+  group.add_argument('--instances', type=int, default=None,
+                     help="images per cluster (the method's: MBCCM 12, PGM 16)")
+  group.add_argument('--visible-images', type=int, default=None,
+                     help="PGM: visible images per step (its paper's 128, each giving 2 views)")
+  group.add_argument('--infrared-images', type=int, default=None,
+                     help="PGM: infrared images per step (its paper's 256)")
+  parser.add_argument('--method', choices=('mbccm', 'cluster_contrast', 'pgm'), default='mbccm',
+                      help="the method whose step runs, at its paper's settings (PGM: "
+                           "vireid_jax/methods/pgm/config.py)")
   group.add_argument('--width', type=int, default=64, help='stem channels (64: ResNet-50)')
   group.add_argument('--block', choices=('bottleneck', 'basic'), default='bottleneck')
   group.add_argument('--stage-sizes', type=int, nargs=4, default=(3, 4, 6, 3),
@@ -54,9 +62,18 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def make_config(args: argparse.Namespace):
-  """config.base_config() with the sizes of the flags; everything else stays the paper's."""
+  """The method's paper config with the sizes of the flags; everything else stays the paper's."""
   from vireid_jax import config as config_lib
-  config = config_lib.base_config()
+  if getattr(args, 'method', 'mbccm') == 'pgm':
+    from vireid_jax.methods.pgm import config as pgm_config
+    config = pgm_config.pgm_config('sysu')
+    if args.visible_images is not None:
+      config.sampler.visible_images = args.visible_images
+    if args.infrared_images is not None:
+      config.sampler.infrared_images = args.infrared_images
+  else:
+    config = config_lib.base_config()
+    config.method = getattr(args, 'method', 'mbccm')
   config.seed = args.seed
   config.data.image_height, config.data.image_width = args.image_size
   config.model.width = args.width
@@ -65,10 +82,19 @@ def make_config(args: argparse.Namespace):
   config.model.dtype = args.dtype
   config.model.pretrained = 'none'  # timings do not depend on the weights
   config.sampler.clusters_per_step = args.clusters
-  config.sampler.instances_per_cluster = args.instances
+  if args.instances is not None:
+    config.sampler.instances_per_cluster = args.instances
   if args.pad is not None:
     config.augment.pad = args.pad
   return config
+
+
+def step_inputs(config) -> tuple[int, int]:
+  """(images per step, network inputs per step) of the configured method's step."""
+  from vireid_jax import methods
+  batch = methods.for_config(config).batch_sizes(config)
+  return (batch.visible_images + batch.infrared_images,
+          batch.visible_inputs + batch.infrared_inputs)
 
 
 def precision(config) -> str:

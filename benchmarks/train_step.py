@@ -1,6 +1,7 @@
 """Milliseconds of the full stage-1 and stage-2 train steps, compilation excluded.
 
   python benchmarks/train_step.py                      # the paper's batch: 12 x 12 per modality
+  python benchmarks/train_step.py --method pgm         # PGM's: 128 visible (x2 views) + 256
   python benchmarks/train_step.py --stage 2 --profile /tmp/trace   # also a jax.profiler trace
   python benchmarks/train_step.py --compile-only       # XLA's memory plan only (any backend)
   python benchmarks/train_step.py --stage 2 --linear-transform-loop fixed \
@@ -84,12 +85,14 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   import jax
   import numpy as np
   from vireid_jax import host_feed
+  from vireid_jax import methods
   from vireid_jax import sharding
   from vireid_jax import train_state
   from vireid_jax import xla_loops
 
   on_device = where == 'device'
-  pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
+  _, inputs_per_step = common.step_inputs(config)
+  batch = methods.for_config(config).batch_sizes(config)
   epoch = common.first_epoch_of_stage(config, stage)
   schedule, plan = common.method_plan(config, clusters, epoch)
   memories = common.method_memories(config, clusters, schedule, mesh)
@@ -107,11 +110,15 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
     return train_state.put_epoch_inputs(plan, epoch, int(jax.device_get(state.step)), mesh,
                                         lr_epoch=schedule.lr_epoch)
 
-  common.log(f'stage {stage}, images on the {where}: compiling the step ({3 * pairs} images)')
+  common.log(f'stage {stage}, images on the {where}: compiling the step ({inputs_per_step} '
+             f'network inputs)')
   first_batch = next(batches())
   compile_s, compiled = common.timed(lambda: step_fn.lower(
       state, memories, *first_batch, inputs_at_state()).compile())
-  context = dict(context, batch=3 * pairs, pairs=pairs, images=where)
+  context = dict(context, batch=inputs_per_step, method=config.method, images=where,
+                 visible_images=batch.visible_images, infrared_images=batch.infrared_images)
+  if batch.visible_images == batch.infrared_images:  # MBCCM's paired positions
+    context['pairs'] = batch.visible_images
   records = [common.emit({'what': f'{name}/compile', 'seconds': compile_s,
                           'label_repeats': label_repeats,
                           **xla_loops.host_predicates(compiled.as_text()),
@@ -142,7 +149,7 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   losses = np.array([m['total'] for m in per_step], np.float64)
   records.append(common.emit({
       'what': name, 'median_ms': 1e3 * step_s,
-      'min_ms': 1e3 * min(seconds), 'images_per_s': 3 * pairs / step_s,
+      'min_ms': 1e3 * min(seconds), 'images_per_s': inputs_per_step / step_s,
       'dispatch_ms': 1e3 * common.median(dispatch_seconds),
       'steps_per_repeat': args.steps, 'repeats': args.repeats,
       'last_loss': float(losses[-1]), 'finite_losses': bool(np.isfinite(losses).all()),
@@ -176,8 +183,10 @@ def main(argv=None) -> list[dict]:
   if args.linear_transform_loop:
     config.augment.linear_transform_loop = args.linear_transform_loop
   mesh = sharding.make_mesh()
-  pairs = config.sampler.clusters_per_step * config.sampler.instances_per_cluster
-  sharding.check_divisible(pairs, mesh, 'images per modality per step (--clusters x --instances)')
+  from vireid_jax import methods
+  batch = methods.for_config(config).batch_sizes(config)
+  for modality, images in (('visible', batch.visible_images), ('infrared', batch.infrared_images)):
+    sharding.check_divisible(images, mesh, f'{modality} images per step')
   model = models.build_model(config.model)
   height, width = args.image_size
   host_images = tuple(  # (visible, infrared), each (num_images, H, W, 3) uint8 on the host

@@ -222,3 +222,18 @@ def test_demo_diagnostics_measures_on_a_hand_built_case():
                                max_rank=1)[1] == 1.0
   assert evaluation.eval_regdb(-(a[1:] @ b[1:].T), np.array([0]), np.array([0, 1]),
                                max_rank=1)[1] == 0.5
+
+
+def test_train_step_script_measures_pgm_steps(run_script):
+  records = run_script('train_step.py', '--method', 'pgm', *TINY_MODEL, '--instances', '2',
+                       '--visible-images', '8', '--infrared-images', '16', '--num-images', '64',
+                       '--memory-clusters', '8', '8', '--steps', '2', '--repeats', '1',
+                       '--images', 'device')
+  assert [r['what'] for r in records] == ['train_step/stage1/compile', 'train_step/stage1',
+                                          'train_step/stage2/compile', 'train_step/stage2']
+  for record in records:
+    assert record['method'] == 'pgm' and record['batch'] == 2 * 8 + 16
+    assert (record['visible_images'], record['infrared_images']) == (8, 16)
+  for step in records[1::2]:
+    assert_positive_finite(step, ['median_ms', 'images_per_s'])
+    assert step['finite_losses'] is True
