@@ -23,6 +23,10 @@ from vireid_jax import train_state
 
 from end_to_end_test import REPO, TINY, demo_config
 
+# Whole training runs, several in processes of their own: minutes; `pytest -m "not slow"`
+# leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def tree(scale):
   # Large enough to be stored apart from OCDBT's index (small values are inlined in it).

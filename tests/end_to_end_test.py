@@ -22,6 +22,10 @@ from vireid_jax import train_state
 from vireid_jax.data import synthetic
 from vireid_jax.methods.mbccm import losses
 
+# Whole training runs, several in processes of their own: minutes; `pytest -m "not slow"`
+# leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The overrides that shrink configs/demo.py to a test-sized run; the subprocess test passes

@@ -23,6 +23,10 @@ from vireid_jax import train_state
 
 from end_to_end_test import REPO, TINY, demo_config
 
+# Whole training runs, several in processes of their own: minutes; `pytest -m "not slow"`
+# leaves them out.
+pytestmark = pytest.mark.slow
+
 HEARTBEAT_SECONDS = 10
 DEADLINE_SECONDS = 600  # per run; a run takes well under a minute on a 2-core machine
 OVERRIDES = {**TINY, 'save_pseudo_labels': True, 'eval.at_start': False}

@@ -242,6 +242,7 @@ def _params(workdir, config):
   return jax.device_get(state.params), record
 
 
+@pytest.mark.slow
 def test_stage_2_restarts_from_the_best_of_stage_1(uninterrupted):
   workdir, result = uninterrupted
   history = [e for e in result['history'] if e['epoch'] >= 0]
@@ -258,6 +259,7 @@ def test_stage_2_restarts_from_the_best_of_stage_1(uninterrupted):
   assert f'Stage 1: best mAP {stage1_best["headline"]["mAP"]:.2f}' in report
 
 
+@pytest.mark.slow
 def test_a_run_stopped_at_the_stage_boundary_resumes_to_the_same_end(uninterrupted, data_root,
                                                                      tmp_path):
   config = demo_config(data_root)

@@ -16,6 +16,10 @@ from vireid_jax import checkpoint
 
 from end_to_end_test import REPO, TINY
 
+# Whole training runs, several in processes of their own: minutes; `pytest -m "not slow"`
+# leaves them out.
+pytestmark = pytest.mark.slow
+
 # What a failed orbax operation leaves behind, in any of its forms.
 NOISE = re.compile(r'Traceback|Event loop is closed|never retrieved|Exception ignored|'
                    r'Exception in thread|was destroyed but it is pending|_SignalingThread|'
