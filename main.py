@@ -148,7 +148,7 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
     return
   if mode == 'pretrain':
     from vireid_jax import pretrain as pretrain_lib
-    console.line(f'pretrained: {pretrain_lib.pretrain_on_main(config)}')
+    console.line(f'pretrained: {pretrain_lib.pretrain_on_main(config, use_shipped=False)}')
     return
   if not workdir:
     _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')

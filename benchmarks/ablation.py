@@ -3,6 +3,10 @@ r"""The demo's ablation table: the methods and what each part of MBCCM buys, ove
   python benchmarks/ablation.py                       # 7 settings x seeds 0 1 2
   python benchmarks/ablation.py --seeds 0 1 2 3 4 --root runs/ablation
   python benchmarks/ablation.py --only PGM ClusterContrast
+  python benchmarks/ablation.py --root runs/ablation_16 --only ClusterContrast "full MBCCM" PGM \
+      --set demo.py:schedule.epochs=16 --set "demo.py:optim.lr_boundaries=(12, 100, 100)" \
+      --set pgm_demo.py:schedule.epochs=16 --set pgm_demo.py:schedule.stage2_start=8 \
+      --set "pgm_demo.py:optim.lr_boundaries=(6, 100)"    # another budget (here the old one)
 
 Settings (each one README command 1 with `--config.seed=<seed>`, the config and the overrides
 named; all from the same pretrained start, the synthetic ImageNet stand-in):
@@ -12,7 +16,7 @@ named; all from the same pretrained start, the synthetic ImageNet stand-in):
   stage 1 only            configs/demo.py --config.schedule.stage2_start=<epochs>: MBCCM's stage 1
   full MBCCM              configs/demo.py as it is
   MBCCM without L_cc      configs/demo.py --config.loss.beta=0: no consistency loss
-  PGM                     configs/pgm_demo.py as it is: the same budget (16 epochs of 30 steps)
+  PGM                     configs/pgm_demo.py as it is: the same budget (24 epochs of 30 steps)
   supervised bound        configs/demo.py --config.cluster.oracle=True: true identities
 
 Every training run is its own `python main.py` process (so a run can be resumed by running the
@@ -64,6 +68,9 @@ def parse_args(argv):
                       help='one workdir per setting and seed goes under it')
   parser.add_argument('--only', nargs='+', default=None,
                       help='run only the settings whose name starts with one of these words')
+  parser.add_argument('--set', action='append', default=[], metavar='CONFIG:FIELD=VALUE',
+                      help='an override for every run of one config file (e.g. demo.py:'
+                           'schedule.epochs=24), to measure another budget; repeatable')
   return parser.parse_args(argv)
 
 
@@ -224,10 +231,17 @@ def target_checks(rows: dict) -> list[str]:
 def main(argv=None):
   args = parse_args(argv)
   start = time.time()
+  extra = {}  # config file -> ['--config.field=value', ...]
+  for item in args.set:
+    config_file, _, assignment = item.partition(':')
+    extra.setdefault(config_file, []).append(f'--config.{assignment}')
   rows = {}
   for name, config_file, override in SETTINGS:
     config_path = os.path.abspath(os.path.join(args.configs, config_file))
     epochs = load_config(config_path).schedule.epochs
+    for flag in extra.get(config_file, []):  # the budget the runs will have
+      if flag.startswith('--config.schedule.epochs='):
+        epochs = int(flag.split('=', 1)[1])
     if args.only and not any(name.startswith(word) for word in args.only):
       continue
     runs = []
@@ -236,7 +250,7 @@ def main(argv=None):
       if override is None:
         runs.append(score_start(config_path, seed))
         continue
-      flags = [f'--config.seed={seed}']
+      flags = [f'--config.seed={seed}', *extra.get(config_file, [])]
       if override:
         field, value = override
         flags.append(f'--config.{field}={epochs if value == "EPOCHS" else value}')

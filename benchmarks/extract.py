@@ -1,6 +1,7 @@
 """Images per second of eval feature extraction (batch 256), compilation excluded.
 
   python benchmarks/extract.py                     # 22,258 images of each modality, batch 256
+  python benchmarks/extract.py --dtype float32 --extract-precision highest   # the default's cost
   python benchmarks/extract.py --image-size 32 16 --width 8 --block basic \
       --stage-sizes 1 1 1 1 --num-images 96 --batch-size 32 --repeats 2   # CPU smoke size
 
@@ -24,6 +25,9 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   common.add_model_flags(parser)
+  parser.add_argument('--extract-precision', choices=('default', 'high', 'highest'),
+                      default='default', help="matmul precision of float32 extraction "
+                      "(config.model.extract_precision; the trainer's default is 'highest')")
   parser.add_argument('--batch-size', type=int, default=256,
                       help='images per call (config.eval.batch_size: 256)')
   parser.add_argument('--num-images', type=int, default=common.SYSU_VISIBLE,
@@ -54,11 +58,12 @@ def main(argv=None) -> list[dict]:
   state = train_state.create_train_state(config, model, mesh, say=common.log)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   del state
-  extract_batch = extract_lib.make_extract_fn(model, tuple(config.data.mean),
-                                              tuple(config.data.std), args.flip)
+  extract_batch = extract_lib.make_extract_fn(
+      model, tuple(config.data.mean), tuple(config.data.std), args.flip,
+      precision=None if args.extract_precision == 'default' else args.extract_precision)
   batch_size = -(-args.batch_size // mesh.size) * mesh.size  # as extract_features rounds it
   context = dict(common.device_description(), precision=common.precision(config),
-                 batch=batch_size)
+                 matmul_precision=args.extract_precision, batch=batch_size)
 
   def extract_all(modality):
     return extract_lib.extract_features(extract_batch, variables, images, modality, batch_size,

@@ -108,7 +108,7 @@ def run_workdir(workdir: str, args, context: dict) -> list[dict]:
   from vireid_jax import models
   from vireid_jax import sharding
   from vireid_jax import train_state
-  from vireid_jax.data import prepare
+  from vireid_jax import data as data_lib
   from vireid_jax.data.types import INFRARED, VISIBLE
   from vireid_jax.models import resnet
 
@@ -118,8 +118,8 @@ def run_workdir(workdir: str, args, context: dict) -> list[dict]:
   abstract = train_state.abstract_train_state(config, model, mesh)
   state, record = checkpoint.restore(workdir, args.checkpoint, abstract)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  train_visible, train_infrared = prepare.load_train(config.data)
-  test_visible, test_infrared = prepare.load_test(config.data)
+  train_visible, train_infrared = data_lib.load_train(config.data)
+  test_visible, test_infrared = data_lib.load_test(config.data)
   features = {}
   for dtype in ('float32', 'bfloat16'):
     fns = extract_lib.make_extract_fn(model.clone(dtype=resnet.compute_dtype(dtype)),

@@ -186,3 +186,40 @@ def test_augmentation_without_randomness_is_normalisation_and_grey_is_grey():
   np.testing.assert_allclose(unit[..., 0], unit[..., 1], atol=1e-5)
   np.testing.assert_allclose(unit[..., 0], unit[..., 2], atol=1e-5)
   assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize('name', ['demo', 'pgm_demo'])
+def test_the_demos_find_their_stand_in_shipped_and_it_fits_their_network(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  shipped = os.path.join(pretrain.SHIPPED_DIR, os.path.basename(pretrain.pretrained_path(config)))
+  assert os.path.isfile(shipped), 'a changed demo setting needs `--mode pretrain` and a new asset'
+  model = models.build_model(config.model)
+  variables = models.init_variables(model, jax.random.PRNGKey(0),
+                                    (config.data.image_height, config.data.image_width))
+  loaded = weights.load_imagenet_resnet(shipped, variables)
+  kernel = ('params', 'layer4', 'block0', 'conv1', 'kernel')
+  assert not np.allclose(_flat(loaded)['/'.join(kernel)], _flat(variables)['/'.join(kernel)])
+
+
+def test_a_shipped_stand_in_is_copied_not_pretrained(tmp_path, monkeypatch):
+  config = tiny_config(str(tmp_path / 'out'))
+  name = os.path.basename(pretrain.pretrained_path(config))
+  shipped_dir = tmp_path / 'assets'
+  shipped_dir.mkdir()
+  (shipped_dir / name).write_bytes(b'weights')
+  monkeypatch.setattr(pretrain, 'SHIPPED_DIR', str(shipped_dir))
+
+  def no_pretraining(*args, **kwargs):
+    raise AssertionError('pretrained although a shipped copy exists')
+
+  monkeypatch.setattr(pretrain, 'pretrain_variables', no_pretraining)
+  path = pretrain.pretrain(config, progress=False)
+  assert path == pretrain.pretrained_path(config)
+  assert open(path, 'rb').read() == b'weights' and not os.path.exists(f'{path}.partial')
+  # `--mode pretrain` (use_shipped=False) makes it afresh when it is not already there.
+  os.remove(path)
+  with pytest.raises(AssertionError, match='pretrained although'):
+    pretrain.pretrain(config, progress=False, use_shipped=False)
