@@ -101,7 +101,6 @@ def compare(features_a, features_b, cluster_cfg, what: str, context: dict) -> di
 
 def run_workdir(workdir: str, args, context: dict) -> list[dict]:
   import jax
-  import numpy as np
   from vireid_jax import checkpoint
   from vireid_jax import evaluation
   from vireid_jax import extract as extract_lib

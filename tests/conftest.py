@@ -1,7 +1,7 @@
 """Test set-up shared by every test file.
 
 Eight virtual CPU devices let the data-parallel code run sharded on any machine; the flag must
-be set before jax is first imported. A compilation cache shared by the whole session (and the
+be set before jax is first imported, and it reaches the processes tests start. A compilation cache shared by the whole session (and the
 processes tests start) compiles each train step once, however many trainers a test builds.
 """
 
@@ -10,7 +10,10 @@ import shutil
 import sys
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# Unoptimised CPU code (LLVM's backend level 0; XLA's own passes all run) compiles about twice
+# as fast, and compiling is most of what these tiny tests cost.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
+                                   '--xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 _CACHE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:

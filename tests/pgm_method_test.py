@@ -5,6 +5,7 @@ checked against transcriptions of the authors' code in their own test files; her
 method wires them as the authors' training loop does.
 """
 
+import functools
 import importlib.util
 import os
 import re
@@ -24,7 +25,6 @@ from vireid_jax import train
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering
 from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
-from vireid_jax.methods.pgm import association
 from vireid_jax.methods.pgm import augment as pgm_augment
 from vireid_jax.methods.pgm import config as pgm_config
 from vireid_jax.methods.pgm import losses as pgm_losses
@@ -135,7 +135,7 @@ def tiny_pgm_config(**overrides):
   return config
 
 
-@pytest.mark.parametrize('epoch,hard', [(0, False), (50, False), (51, False), (51, True)])
+@pytest.mark.parametrize('epoch,hard', [(0, False), (50, True), (51, False)])
 def test_step_is_the_authors_loss_on_the_network_features(epoch, hard):
   """One step of the trainer equals pgm_losses on the features the network gives for the
   step's augmented images: the same loss, and memories equal to the tables it returns."""
@@ -163,16 +163,18 @@ def test_step_is_the_authors_loss_on_the_network_features(epoch, hard):
   _, after, metrics = step(state, sharding.put_replicated(memories, mesh),
                            *(sharding.put_replicated(x, mesh) for x in images), inputs)
 
-  # The same step composed by hand from its parts.
+  # The same step composed by hand from its parts (each part jitted: run op by op, the
+  # colour jitter alone compiles hundreds of small programs).
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch), 0)
-  visible_in, infrared_in = PGM.step_fns(config, schedule.phase).augment(
+  visible_in, infrared_in = jax.jit(PGM.step_fns(config, schedule.phase).augment)(
       key, images[0][plan.visible_index[0]], images[1][plan.infrared_index[0]])
-  (neck, _), _ = model.apply({'params': before.params, 'batch_stats': before.batch_stats},
-                             visible_in, infrared_in, train=True, mutable=['batch_stats'])
+  forward = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))
+  (neck, _), _ = forward({'params': before.params, 'batch_stats': before.batch_stats},
+                         visible_in, infrared_in)
   f_visible, f_infrared = np.split(np.asarray(neck), [visible_in.shape[0]])
   maps = ((memories.visible_to_infrared[:num_clusters], memories.infrared_to_visible[:num_clusters])
           if schedule.stage == 2 else (None, None))
-  loss, (visible, infrared) = pgm_losses.pgm_losses(
+  loss, (visible, infrared) = jax.jit(pgm_losses.pgm_losses, static_argnames='hard')(
       f_visible, f_infrared, plan.visible_label[0], plan.infrared_label[0],
       (memories.visible[:num_clusters], memories.infrared[:num_clusters]), *maps,
       schedule.stage_epoch, hard=hard)
@@ -204,11 +206,13 @@ TINY = {
     'data.synthetic_ids': 12, 'data.image_height': 32, 'data.image_width': 16,
     'model.width': 4, 'model.bn_groups': 2, 'sampler.instances_per_cluster': 2,
     'sampler.visible_images': 8, 'sampler.infrared_images': 8, 'sampler.steps_per_epoch': 3,
-    'schedule.epochs': 4, 'schedule.stage2_start': 2, 'schedule.eval_from': 0,
+    'schedule.epochs': 3, 'schedule.stage2_start': 2, 'schedule.eval_from': 0,
     'eval.batch_size': 64, 'augment.pad': 1, 'cluster.k1': 10, 'cluster.k2': 3,
-    'pretrain.num_ids': 4, 'pretrain.images_per_id': 2, 'pretrain.epochs': 1,
-    'pretrain.batch_size': 8,
+    'model.pretrained': 'none',  # the stand-in's import is tested in models_weights_test.py
 }
+# From random weights the tiny RegDB clusters its infrared images into one cluster.
+PRETRAINED = {'model.pretrained': 'synthetic_imagenet', 'pretrain.num_ids': 4,
+              'pretrain.images_per_id': 2, 'pretrain.epochs': 1, 'pretrain.batch_size': 8}
 
 
 def demo_config(root, **overrides):
@@ -247,12 +251,12 @@ def test_stage_2_restarts_from_the_best_of_stage_1(uninterrupted):
   workdir, result = uninterrupted
   history = [e for e in result['history'] if e['epoch'] >= 0]
   assert [(e['stage'], 'restarted_from' in e) for e in history] == [
-      (1, False), (1, False), (2, True), (2, False)]
+      (1, False), (1, False), (2, True)]
   stage1_best = max(history[:2], key=lambda e: e['headline']['mAP'])
   assert history[2]['restarted_from']['epoch'] == stage1_best['epoch']
-  # Stage 2 starts its step schedule afresh and chooses its own best.
-  assert result['best']['epoch'] in (2, 3)
-  assert result['best']['mAP'] == max(e['headline']['mAP'] for e in history[2:])
+  # Stage 2 starts its step schedule afresh and chooses its own best, whatever stage 1 reached.
+  assert result['best']['epoch'] == 2
+  assert result['best']['mAP'] == history[2]['headline']['mAP']
   assert history[2]['lr'] == history[0]['lr']
   assert 'match/pairs' in history[2] and 'match/pairs' not in history[1]
   report = open(os.path.join(workdir, 'report.md')).read()
@@ -278,9 +282,11 @@ def test_a_run_stopped_at_the_stage_boundary_resumes_to_the_same_end(uninterrupt
 @pytest.mark.slow
 @pytest.mark.parametrize('dataset', ['sysu', 'regdb', 'llcm'])
 def test_pgm_trains_and_evaluates_from_the_command_line(dataset, tmp_path):
-  """configs/pgm_demo.py through main.py on each synthetic layout: both stages, then eval."""
+  """configs/pgm_demo.py through main.py on each synthetic layout: both stages, each epoch
+  evaluated with the layout's protocol; on SYSU-MM01 then `--mode eval` (the same code for
+  every layout: tests/end_to_end_test.py runs it on LLCM)."""
   workdir, root = str(tmp_path / 'run'), str(tmp_path / 'data')
-  overrides = {**TINY, 'data.dataset': dataset, 'eval.at_start': False,
+  overrides = {**TINY, **PRETRAINED, 'data.dataset': dataset, 'eval.at_start': False,
                'schedule.epochs': 2, 'schedule.stage2_start': 1, 'eval.ranklist_queries': 2,
                'pretrain.output_dir': os.path.join(root, 'pretrained')}
   if dataset == 'llcm':
@@ -296,6 +302,8 @@ def test_pgm_trains_and_evaluates_from_the_command_line(dataset, tmp_path):
   assert re.search(r'epoch +1/2 stage 1 .*\| R1 ', trained.stdout)
   assert 'Stage 2 starts from the best checkpoint of stage 1' in trained.stdout
   assert re.search(r'epoch +2/2 stage 2 .*pairs \d+.*\| R1 ', trained.stdout)
+  if dataset != 'sysu':
+    return
   evaluated = subprocess.run(command + ['--mode', 'eval'], env=env, capture_output=True,
                              text=True, timeout=900)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -95,8 +95,10 @@ def test_the_suggested_flags_bring_the_saved_config_back(tmp_path):
     run_config.check_workdir_config(parse_flags(), workdir)
   message = str(error.value)
   assert '\n' not in message and 'new --workdir' in message
-  for field in ('model.width 8 -> 16', 'model.identical_stems False -> True',
-                'optim.lr_boundaries (1, 2, 3) -> (12, 100, 100)', "data.layout 'raw' -> 'auto'"):
+  default = parse_flags()
+  for field in (f'model.width 8 -> {default.model.width}', 'model.identical_stems False -> True',
+                f'optim.lr_boundaries (1, 2, 3) -> {tuple(default.optim.lr_boundaries)}',
+                f"data.layout 'raw' -> {default.data.layout!r}"):
     assert field in message
   suggested = shlex.split(re.search(r'saved values \((.*?)\), or', message).group(1))
   assert len(suggested) == 4
