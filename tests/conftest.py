@@ -1,8 +1,9 @@
 """Test set-up shared by every test file.
 
 Eight virtual CPU devices let the data-parallel code run sharded on any machine; the flag must
-be set before jax is first imported, and it reaches the processes tests start. A compilation cache shared by the whole session (and the
-processes tests start) compiles each train step once, however many trainers a test builds.
+be set before jax is first imported, and it reaches the processes tests start. A compilation
+cache shared by the whole session (its test processes under pytest-xdist, and the processes
+tests start) compiles each train step once, however many trainers a test builds.
 """
 
 import os
