@@ -6,10 +6,10 @@ Writes the synthetic visible/infrared set (SYSU-MM01 raw layout, 48 training and
 identities) under data/synthetic when it is missing, takes the ImageNet stand-in into
 data/pretrained when it is missing (vireid_jax/pretrain.py: the same small ResNet as a
 classifier of 256 other synthetic people, visible images only, labels; shipped in
-vireid_jax/assets/, `--mode pretrain` makes it afresh), loads it through the same import as
-torchvision's resnet50 weights, then trains
-both stages of MBCCM at 64x32 pixels, evaluates every 4 epochs on gallery draws 0-9, and writes
-report.md and curves.png into the workdir. Same code path as configs/sysu.py.
+vireid_jax/assets/: delete the copy and run `--mode pretrain` to make it afresh), loads it
+through the same import as torchvision's resnet50 weights, then trains both stages of MBCCM
+at 64x32 pixels, evaluates every 4 epochs on gallery draws 0-9, and writes report.md and
+curves.png into the workdir. Same code path as configs/sysu.py.
 
 What still differs from the paper, and why:
   * sizes: image, network (basic blocks, one per layer, width 16), batch (8 clusters x 4

@@ -23,9 +23,9 @@ from vireid_jax.models import weights
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def demo_config():
-  spec = importlib.util.spec_from_file_location('demo_config',
-                                                os.path.join(REPO, 'configs', 'demo.py'))
+def demo_config(name: str = 'demo'):
+  spec = importlib.util.spec_from_file_location(f'{name}_config',
+                                                os.path.join(REPO, 'configs', f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -190,10 +190,7 @@ def test_augmentation_without_randomness_is_normalisation_and_grey_is_grey():
 
 @pytest.mark.parametrize('name', ['demo', 'pgm_demo'])
 def test_the_demos_find_their_stand_in_shipped_and_it_fits_their_network(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = demo_config(name)
   shipped = os.path.join(pretrain.SHIPPED_DIR, os.path.basename(pretrain.pretrained_path(config)))
   assert os.path.isfile(shipped), 'a changed demo setting needs `--mode pretrain` and a new asset'
   model = models.build_model(config.model)
@@ -218,7 +215,8 @@ def test_a_shipped_stand_in_is_copied_not_pretrained(tmp_path, monkeypatch):
   monkeypatch.setattr(pretrain, 'pretrain_variables', no_pretraining)
   path = pretrain.pretrain(config, progress=False)
   assert path == pretrain.pretrained_path(config)
-  assert open(path, 'rb').read() == b'weights' and not os.path.exists(f'{path}.partial')
+  assert open(path, 'rb').read() == b'weights'
+  assert os.listdir(os.path.dirname(path)) == [name]  # no temporary file left beside it
   # `--mode pretrain` (use_shipped=False) makes it afresh when it is not already there.
   os.remove(path)
   with pytest.raises(AssertionError, match='pretrained although'):

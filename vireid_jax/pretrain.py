@@ -318,17 +318,24 @@ def torchvision_state_dict(variables: dict) -> dict[str, np.ndarray]:
   return state
 
 
-def save_state_dict(variables: dict, path: str) -> str:
-  """Writes the classifier's torchvision state dict to `path` (.npz) atomically; returns path."""
+def _write_atomically(path: str, write) -> None:
+  """`write(binary file)` into a temporary beside `path`, renamed to `path` once complete: a
+  crash leaves either the whole file or none, and no temporary."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   temporary = f'{path}.incomplete-{os.getpid()}'
   try:
-    with open(temporary, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
-      np.savez(f, **torchvision_state_dict(variables))
+    with open(temporary, 'wb') as f:
+      write(f)
     os.replace(temporary, path)
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
+
+
+def save_state_dict(variables: dict, path: str) -> str:
+  """Writes the classifier's torchvision state dict to `path` (.npz) atomically; returns path."""
+  # A file object: np.savez would append '.npz' to a name.
+  _write_atomically(path, lambda f: np.savez(f, **torchvision_state_dict(variables)))
   return path
 
 
@@ -378,15 +385,13 @@ def _copy_shipped(path: str) -> bool:
   shipped = os.path.join(SHIPPED_DIR, os.path.basename(path))
   if not os.path.isfile(shipped):
     return False
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   for source, target in ((shipped[:-len('.npz')] + '.json', path[:-len('.npz')] + '.json'),
                          (shipped, path)):  # the weights last: their presence means complete
     if os.path.isfile(source):
-      partial = f'{target}.partial'
-      shutil.copyfile(source, partial)
-      os.replace(partial, target)
-  console.line(f'Using the shipped ImageNet stand-in for these settings ({shipped}; '
-               f'`--mode pretrain` makes it afresh on this machine): {path}')
+      with open(source, 'rb') as original:
+        _write_atomically(target, functools.partial(shutil.copyfileobj, original))
+  console.line(f'Using the shipped ImageNet stand-in for these settings ({shipped}; delete the '
+               f'copy and run `--mode pretrain` to make it on this machine): {path}')
   return True
 
 
