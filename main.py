@@ -83,10 +83,10 @@ def main(argv):
   if not _show_traceback():
     # After a failed checkpoint save or restore, orbax's threads and event loops repeat the
     # error at length; once it is explained in one line, that stays off the terminal.
-    from vireid_jax import async_noise  # pylint: disable=import-outside-toplevel
+    from vireid_jax.runtime import async_noise  # pylint: disable=import-outside-toplevel
     async_noise.install()
   if mode == 'aggregate':
-    from vireid_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+    from vireid_jax.evaluation import driver as evaluate_lib  # pylint: disable=import-outside-toplevel
     if not workdir:
       _fail('--mode aggregate needs --workdir: the folder holding one run folder per trial')
     try:
@@ -97,7 +97,7 @@ def main(argv):
   if config is None:
     _fail('--config is required, e.g. --config configs/demo.py')
   # Before anything else touches JAX: the processes of a multi-process run connect here.
-  from vireid_jax import multihost  # pylint: disable=import-outside-toplevel
+  from vireid_jax.runtime import multihost  # pylint: disable=import-outside-toplevel
   try:
     multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
@@ -122,7 +122,7 @@ def _raised_on_every_process(error: BaseException, multihost) -> bool:
   # pylint: disable=import-outside-toplevel
   from vireid_jax import config as config_lib
   from vireid_jax import methods
-  from vireid_jax import run_lock
+  from vireid_jax.runtime import run_lock
   from vireid_jax import train as train_lib
   from vireid_jax.models import imagenet
   return isinstance(error, (train_lib.RunStopped, train_lib.TrainingDiverged,
@@ -135,8 +135,8 @@ def _raised_on_every_process(error: BaseException, multihost) -> bool:
 def _run(mode: str, config, workdir: str, multihost) -> None:
   # pylint: disable=import-outside-toplevel
   from vireid_jax import config as config_lib
-  from vireid_jax import console
-  from vireid_jax import evaluate as evaluate_lib
+  from vireid_jax.runtime import console
+  from vireid_jax.evaluation import driver as evaluate_lib
   from vireid_jax import train as train_lib
   from vireid_jax.data import shared as shared_data
 
@@ -147,19 +147,19 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
     console.line(f'prepared: {prepared}')
     return
   if mode == 'pretrain':
-    from vireid_jax import pretrain as pretrain_lib
+    from vireid_jax.models import pretrain as pretrain_lib
     console.line(f'pretrained: {pretrain_lib.pretrain_on_main(config, use_shipped=False)}')
     return
   if not workdir:
     _fail(f'--mode {mode} needs --workdir (e.g. runs/{config.data.dataset})')
   # Before anything is restored: a workdir's checkpoints belong to the config it was trained
   # with, and arrays of another shape would otherwise look like damage.
-  from vireid_jax import run_config
+  from vireid_jax.runtime import run_config
   multihost.run_on_main(lambda: run_config.check_workdir_config(config, workdir, mode),
                         "comparing the config with the workdir's")
   if mode == 'train':
-    from vireid_jax import checkpoint
-    from vireid_jax import initial_weights
+    from vireid_jax.runtime import checkpoint
+    from vireid_jax.models import initial_weights
     if not (checkpoint.epochs(workdir, checkpoint.LATEST) or
             checkpoint.epochs(workdir, checkpoint.BEST)):
       # A fresh start: its weights before any data, so a run that cannot get them (offline,
@@ -177,13 +177,13 @@ def _report(error: BaseException, multihost) -> int:
   """Prints one line for `error` (a traceback only with --verbosity >= 1); the exit code."""
   # pylint: disable=import-outside-toplevel
   import jax
-  from vireid_jax import async_noise
-  from vireid_jax import checkpoint
+  from vireid_jax.runtime import async_noise
+  from vireid_jax.runtime import checkpoint
   from vireid_jax import config as config_lib
-  from vireid_jax import console
+  from vireid_jax.runtime import console
   from vireid_jax import data as data_lib
   from vireid_jax import methods
-  from vireid_jax import run_lock
+  from vireid_jax.runtime import run_lock
   from vireid_jax import train as train_lib
   from vireid_jax.models import imagenet
   from vireid_jax.models import weights as weights_lib

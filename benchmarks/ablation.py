@@ -137,10 +137,10 @@ def score_start(config_path: str, seed: int) -> dict:
   """The pretrained start of seed `seed`, not adapted, on gallery draws 0-9."""
   # pylint: disable=import-outside-toplevel
   from vireid_jax import data as data_lib
-  from vireid_jax import evaluate as evaluate_lib
+  from vireid_jax.evaluation import driver as evaluate_lib
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   from vireid_jax import train_state
   config = load_config(config_path)
   config.seed = seed

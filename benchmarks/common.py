@@ -63,7 +63,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def make_config(args: argparse.Namespace):
   """The method's paper config with the sizes of the flags; everything else stays the paper's."""
-  from vireid_jax import config as config_lib
+  from vireid_jax.methods.mbccm import config as mbccm_config
   if getattr(args, 'method', 'mbccm') == 'pgm':
     from vireid_jax.methods.pgm import config as pgm_config
     config = pgm_config.pgm_config('sysu')
@@ -72,7 +72,7 @@ def make_config(args: argparse.Namespace):
     if args.infrared_images is not None:
       config.sampler.infrared_images = args.infrared_images
   else:
-    config = config_lib.base_config()
+    config = mbccm_config.mbccm_config()
     config.method = getattr(args, 'method', 'mbccm')
   config.seed = args.seed
   config.data.image_height, config.data.image_width = args.image_size
@@ -393,7 +393,7 @@ def method_memories(config, clusters, schedule, mesh):
   """The configured method's memories of the epoch, replicated on `mesh` (as the trainer)."""
   import jax
   from vireid_jax import methods
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   memories = methods.for_config(config).build_memories(config, schedule, clusters,
                                                        clusters.association)
   return sharding.put_replicated(jax.device_get(memories), mesh)

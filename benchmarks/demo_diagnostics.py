@@ -46,13 +46,14 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   # pylint: disable=import-outside-toplevel
   import numpy as np
-  from vireid_jax import checkpoint
+  from vireid_jax.runtime import checkpoint
   from vireid_jax import clustering
+  from vireid_jax.methods.mbccm import matching as mbccm_matching
   from vireid_jax import data as data_lib
   from vireid_jax import evaluation
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   from vireid_jax import train_state
   from vireid_jax.clustering import epoch as epoch_clustering
   from vireid_jax.methods.mbccm import association as mbccm_association
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
                              if k.startswith(('visible/purity', 'infrared/purity', 'match/'))}
   true_v = np.unique(visible.pids, return_inverse=True)[1]
   true_i = np.unique(infrared.pids, return_inverse=True)[1]
-  match = clustering.mbccm_match(clustering.cluster_centers(fv, true_v),
+  match = mbccm_matching.mbccm_match(clustering.cluster_centers(fv, true_v),
                                  clustering.cluster_centers(fi, true_i))
   out['true_clusters_match'] = {
       k: round(float(v), 3) for k, v in clustering.match_diagnostics(

@@ -75,7 +75,7 @@ def main(argv=None) -> list[dict]:
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
   from vireid_jax import methods
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   from vireid_jax import train_state
   from vireid_jax.clustering import epoch as epoch_clustering
   from vireid_jax.data.types import INFRARED, VISIBLE

@@ -46,7 +46,7 @@ def main(argv=None) -> list[dict]:
   import numpy as np
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   from vireid_jax import train_state
 
   config = common.make_config(args)

@@ -101,11 +101,11 @@ def compare(features_a, features_b, cluster_cfg, what: str, context: dict) -> di
 
 def run_workdir(workdir: str, args, context: dict) -> list[dict]:
   import jax
-  from vireid_jax import checkpoint
+  from vireid_jax.runtime import checkpoint
   from vireid_jax import evaluation
   from vireid_jax import extract as extract_lib
   from vireid_jax import models
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   from vireid_jax import train_state
   from vireid_jax import data as data_lib
   from vireid_jax.data.types import INFRARED, VISIBLE

@@ -5,7 +5,7 @@ every form gives the 'while' form's outputs bit for bit on this device.
   python benchmarks/rectangle_loops.py --xla-command-buffer +WHILE,+CONDITIONAL
   python benchmarks/rectangle_loops.py --batch 8 --image-size 32 16 --calls 2 --repeats 2  # CPU
 
-Times `augment.augment_visible_a_batch` (flip, pad + crop, the multiplicative rectangles with
+Times `mbccm_views.augment_visible_a_batch` (flip, pad + crop, the multiplicative rectangles with
 probability 0.8, normalise, erase) jitted, on uint8 noise images, `--calls` calls dispatched
 back to back per repeat, for each `config.augment.linear_transform_loop`: 'while' (until the
 slowest image stops: XLA:GPU reads the predicate on the host every rectangle), 'fixed' (64
@@ -54,11 +54,10 @@ def main(argv=None) -> list[dict]:
   import jax
   import numpy as np
   from vireid_jax import augment
-  from vireid_jax import config as config_lib
-  from vireid_jax import xla_loops
+  from vireid_jax.methods.mbccm import views as mbccm_views
+  from vireid_jax.runtime import xla_loops
 
-  config = config_lib.base_config()
-  base = augment.AugmentConfig.from_config(config.augment)
+  base = augment.AugmentConfig.from_config(augment.default_config())
   if args.first_phase is not None:
     base = dataclasses.replace(base, linear_transform_first_phase=args.first_phase)
   if args.straggler_slots is not None:
@@ -83,7 +82,7 @@ def main(argv=None) -> list[dict]:
   records, reference = [], None
   for loop in LOOPS:
     cfg = dataclasses.replace(base, linear_transform_loop=loop)
-    fn = jax.jit(lambda k, x, cfg=cfg: augment.augment_visible_a_batch(k, x, cfg, mean, std))
+    fn = jax.jit(lambda k, x, cfg=cfg: mbccm_views.augment_visible_a_batch(k, x, cfg, mean, std))
     compile_s, compiled = common.timed(lambda: fn.lower(keys, images).compile())
     out = np.asarray(jax.block_until_ready(compiled(keys, images)))
     if reference is None:

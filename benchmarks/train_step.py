@@ -84,11 +84,11 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   returns (state, its records)."""
   import jax
   import numpy as np
-  from vireid_jax import host_feed
+  from vireid_jax.data import host_feed
   from vireid_jax import methods
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   from vireid_jax import train_state
-  from vireid_jax import xla_loops
+  from vireid_jax.runtime import xla_loops
 
   on_device = where == 'device'
   _, inputs_per_step = common.step_inputs(config)
@@ -174,7 +174,7 @@ def main(argv=None) -> list[dict]:
                                f' --xla_gpu_enable_command_buffer={args.xla_command_buffer}')
   from vireid_jax import memory
   from vireid_jax import models
-  from vireid_jax import sharding
+  from vireid_jax.runtime import sharding
   from vireid_jax import train_state
 
   config = common.make_config(args)

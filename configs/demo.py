@@ -4,7 +4,7 @@ r"""The synthetic, CPU-sized version of the SYSU-MM01 experiment.
 
 Writes the synthetic visible/infrared set (SYSU-MM01 raw layout, 48 training and 24 test
 identities) under data/synthetic when it is missing, takes the ImageNet stand-in into
-data/pretrained when it is missing (vireid_jax/pretrain.py: the same small ResNet as a
+data/pretrained when it is missing (vireid_jax/models/pretrain.py: the same small ResNet as a
 classifier of 256 other synthetic people, visible images only, labels; shipped in
 vireid_jax/assets/: delete the copy and run `--mode pretrain` to make it afresh), loads it
 through the same import as torchvision's resnet50 weights, then trains both stages of MBCCM
@@ -31,11 +31,11 @@ and what it reaches").
 --config.cluster.oracle=True gives the supervised bound of the same budget.
 """
 
-from vireid_jax import config as config_lib
+from vireid_jax.methods.mbccm import config as mbccm_config
 
 
 def get_config():
-  config = config_lib.base_config()
+  config = mbccm_config.mbccm_config('sysu')
   config.data.root = 'data/synthetic'
   config.data.synthetic = True
   config.data.image_height = 64
@@ -45,7 +45,7 @@ def get_config():
   config.model.stage_sizes = (1, 1, 1, 1)
   config.model.width = 16
   config.model.dtype = 'float32'
-  # Both stems and the trunk start from the ImageNet stand-in (vireid_jax/pretrain.py),
+  # Both stems and the trunk start from the ImageNet stand-in (vireid_jax/models/pretrain.py),
   # pretrained on first use into data/pretrained/.
   config.model.pretrained = 'synthetic_imagenet'
 

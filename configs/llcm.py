@@ -29,11 +29,8 @@ LLCM there (36 identities, low-light visible images); `configs/demo.py` with
 `--config.data.dataset=llcm` runs the CPU-sized experiment on it.
 """
 
-from vireid_jax import config as config_lib
+from vireid_jax.methods.mbccm import config as mbccm_config
 
 
 def get_config():
-  config = config_lib.base_config()
-  config.data.dataset = 'llcm'
-  config.eval.llcm_setting = 'infrared_to_visible'
-  return config
+  return mbccm_config.mbccm_config('llcm')

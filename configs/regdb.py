@@ -14,12 +14,8 @@ stops at once and names the two ways out: --config.model.pretrained=/path/to/res
 --config.model.pretrained=none (random weights, far from the published numbers).
 """
 
-from vireid_jax import config as config_lib
+from vireid_jax.methods.mbccm import config as mbccm_config
 
 
 def get_config():
-  config = config_lib.base_config()
-  config.data.dataset = 'regdb'
-  config.cluster.eps = 0.3  # RegDB's DBSCAN eps
-  config.sampler.steps_per_epoch = 100  # RegDB: 100 steps per epoch
-  return config
+  return mbccm_config.mbccm_config('regdb')

@@ -14,8 +14,8 @@ stops at once and names the two ways out: --config.model.pretrained=/path/to/res
 --config.model.pretrained=none (random weights, far from the published numbers).
 """
 
-from vireid_jax import config as config_lib
+from vireid_jax.methods.mbccm import config as mbccm_config
 
 
 def get_config():
-  return config_lib.base_config()
+  return mbccm_config.mbccm_config('sysu')

@@ -12,12 +12,12 @@ import pytest
 from scipy import stats
 
 from vireid_jax import augment
-from vireid_jax.config import base_config
+from vireid_jax.methods.mbccm import views as mbccm_views
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 FILL = (0.4914, 0.4822, 0.4465)
-DEFAULT = augment.AugmentConfig.from_config(base_config().augment)
+DEFAULT = augment.AugmentConfig.from_config(augment.default_config())
 # Every random operation off but the channel choices: each view is its source image, up to
 # the channel operation.
 ALL_OFF = augment.AugmentConfig(flip_prob=0.0, pad=0, linear_transform_prob=0.0,
@@ -57,7 +57,7 @@ def _reference_rectangle(rs, height, width, area=(0.02, 0.4), aspect=0.3, tries=
 def test_config_from_config_dict_is_hashable_and_validated():
   assert DEFAULT == augment.AugmentConfig()  # config.py defaults == the dataclass defaults
   assert hash(DEFAULT) == hash(augment.AugmentConfig())
-  cfg = ml_collections.ConfigDict(base_config().augment.to_dict())
+  cfg = augment.default_config()
   cfg.erase_area = [0.1, 0.2]  # lists (e.g. from a command-line override) become tuples
   assert augment.AugmentConfig.from_config(cfg).erase_area == (0.1, 0.2)
   with pytest.raises(ValueError, match='erase_area'):
@@ -74,9 +74,9 @@ def test_normalize_matches_numpy():
 def test_augment_batch_shapes_ranges_and_determinism():
   visible, infrared = jnp.asarray(_images(1, 4)), jnp.asarray(_images(2, 4))
   key = jax.random.key(3)
-  views = augment.augment_batch(key, visible, infrared, DEFAULT, MEAN, STD)
-  again = augment.augment_batch(key, visible, infrared, DEFAULT, MEAN, STD)
-  other = augment.augment_batch(jax.random.key(4), visible, infrared, DEFAULT, MEAN, STD)
+  views = mbccm_views.augment_batch(key, visible, infrared, DEFAULT, MEAN, STD)
+  again = mbccm_views.augment_batch(key, visible, infrared, DEFAULT, MEAN, STD)
+  other = mbccm_views.augment_batch(jax.random.key(4), visible, infrared, DEFAULT, MEAN, STD)
   for view, same, different in zip(views, again, other):
     assert view.shape == (4, 16, 8, 3) and view.dtype == jnp.float32
     assert np.all(np.isfinite(view))
@@ -85,7 +85,7 @@ def test_augment_batch_shapes_ranges_and_determinism():
     np.testing.assert_array_equal(view, same)
     assert not np.array_equal(view, different)
   with pytest.raises(TypeError, match='uint8'):
-    augment.augment_batch(key, visible.astype(jnp.float32), infrared, DEFAULT, MEAN, STD)
+    mbccm_views.augment_batch(key, visible.astype(jnp.float32), infrared, DEFAULT, MEAN, STD)
 
 
 def _channel_copy(image, channel):
@@ -100,7 +100,7 @@ def _explains(view, expected, fill):
 
 def test_views_come_from_their_source_and_erasing_writes_the_fill():
   visible, infrared = _images(5, 8), _images(6, 8)
-  view_a, view_b, infrared_view = map(np.asarray, augment.augment_batch(
+  view_a, view_b, infrared_view = map(np.asarray, mbccm_views.augment_batch(
       jax.random.key(0), jnp.asarray(visible), jnp.asarray(infrared), ERASE_ONLY, MEAN, STD))
   normed, normed_ir = _np_normalize(visible), _np_normalize(infrared)
   fill = np.asarray(FILL)  # the reference's quirk: raw fill values in normalised space
@@ -249,8 +249,8 @@ def test_augment_batch_is_the_same_with_every_rectangle_loop(loop):
   cfg = dataclasses.replace(DEFAULT, linear_transform_loop=loop, linear_transform_first_phase=8,
                             linear_transform_straggler_slots=2)
   key = jax.random.PRNGKey(22)  # raw keys, as the train step uses
-  for got, want in zip(augment.augment_batch(key, visible, infrared, cfg, MEAN, STD),
-                       augment.augment_batch(key, visible, infrared, DEFAULT, MEAN, STD)):
+  for got, want in zip(mbccm_views.augment_batch(key, visible, infrared, cfg, MEAN, STD),
+                       mbccm_views.augment_batch(key, visible, infrared, DEFAULT, MEAN, STD)):
     np.testing.assert_array_equal(got, want)
   with pytest.raises(ValueError, match='linear_transform_loop'):
     augment.AugmentConfig(linear_transform_loop='until')
@@ -308,7 +308,7 @@ def _channel_case(normed, out):
 def _infrared_cases(images, grey_prob):
   """How often each channel operation happened to `images`' infrared views (flip etc. off)."""
   cfg = dataclasses.replace(ALL_OFF, infrared_grey_prob=grey_prob)
-  out = _per_sample(augment.augment_infrared, 7, images, cfg, MEAN, STD)
+  out = _per_sample(mbccm_views.augment_infrared, 7, images, cfg, MEAN, STD)
   return np.bincount([_channel_case(x, y) for x, y in zip(_np_normalize(images), out)],
                      minlength=5)
 
@@ -325,7 +325,7 @@ def test_infrared_branches_with_reference_probabilities():
 def test_view_b_copies_each_channel_with_probability_one_third():
   n, images = 600, _images(16, 600, 4, 3)
   normed = _np_normalize(images)
-  out = _per_sample(augment.augment_visible_b, 8, images, ALL_OFF, MEAN, STD)
+  out = _per_sample(mbccm_views.augment_visible_b, 8, images, ALL_OFF, MEAN, STD)
   cases = np.bincount([_channel_case(x, y) for x, y in zip(normed, out)], minlength=5)
   assert cases[3] == cases[4] == 0
   for c in range(3):

@@ -13,11 +13,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 from vireid_jax import launch
 from vireid_jax import models
-from vireid_jax import run_lock
-from vireid_jax import sharding
+from vireid_jax.runtime import run_lock
+from vireid_jax.runtime import sharding
 from vireid_jax import train
 from vireid_jax import train_state
 

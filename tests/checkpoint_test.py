@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 
 
 def state(scale):

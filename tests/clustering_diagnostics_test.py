@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from vireid_jax import clustering
+from vireid_jax.methods.mbccm import matching as mbccm_matching
 from vireid_jax.clustering import diagnostics
 
 
@@ -99,7 +100,7 @@ def test_one_to_one_precision_of_a_real_mbccm_match():
   perm = np.array([4, 0, 5, 2])
   infrared = visible[perm] + 0.05 * rng.normal(size=(4, 16)).astype(np.float32)
   normalise = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  match = clustering.mbccm_match(normalise(visible), normalise(infrared))
+  match = mbccm_matching.mbccm_match(normalise(visible), normalise(infrared))
   pids_visible = np.arange(6) * 10
   stats = clustering.match_diagnostics(match.mask, np.arange(6), pids_visible, np.arange(4),
                                        pids_visible[perm], one_to_one=match.one_to_one)

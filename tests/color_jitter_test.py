@@ -1,4 +1,4 @@
-"""Tests for vireid_jax.color_jitter: equal to the uint8 to torchvision 0.9.2's PIL ColorJitter.
+"""Tests for vireid_jax.augment.color_jitter: equal to the uint8 to torchvision 0.9.2's PIL ColorJitter.
 
 torchvision is not installed; its `functional_pil.adjust_*` (a few lines each over PIL) and
 `ColorJitter.forward` are transcribed below. The installed Pillow's Blend.c, Convert.c
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from vireid_jax import color_jitter as cj
+from vireid_jax.augment import color_jitter as cj
 
 # --------------------------------------------------------------------------------------------
 # Transcription of torchvision 0.9.2 (functional_pil.py, transforms.ColorJitter.forward).

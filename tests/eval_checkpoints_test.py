@@ -7,8 +7,8 @@ import os
 import jax
 import pytest
 
-from vireid_jax import checkpoint
-from vireid_jax import evaluate
+from vireid_jax.runtime import checkpoint
+from vireid_jax.evaluation import driver as evaluate
 from vireid_jax import models
 from vireid_jax import train_state
 

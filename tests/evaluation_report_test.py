@@ -160,7 +160,7 @@ def regdb_trial(trial, shift):
 
 
 def test_regdb_aggregate_shows_trial_1_beside_the_mean_for_each_checkpoint(tmp_path):
-  from vireid_jax import evaluate
+  from vireid_jax.evaluation import driver as evaluate
   shifts = {'best': {1: 3.0, 2: -1.0, 3: 1.0}, 'latest': {1: 0.5, 2: 0.0, 3: -2.0}}
   for kind, by_trial in shifts.items():
     for trial, shift in by_trial.items():

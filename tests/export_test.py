@@ -16,11 +16,12 @@ from vireid_jax import config as config_lib
 from vireid_jax import extract as extract_lib
 from vireid_jax import methods
 from vireid_jax import models
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering
 from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
 from vireid_jax.methods.pgm import config as pgm_config
+from vireid_jax.methods.mbccm import config as mbccm_config
 
 PLATFORMS = ('tpu', 'cuda')
 NUM_IMAGES, NUM_CLUSTERS, HEIGHT, WIDTH = 64, 8, 32, 16
@@ -31,7 +32,7 @@ def tiny_config(method: str):
     config = pgm_config.pgm_config('sysu')
     config.sampler.visible_images, config.sampler.infrared_images = 8, 16
   else:
-    config = config_lib.base_config()
+    config = mbccm_config.mbccm_config()
   config.method = method
   config.data.root = 'unused'
   config.model.pretrained = 'none'

@@ -7,7 +7,7 @@ import pytest
 from vireid_jax import augment
 from vireid_jax import extract
 from vireid_jax import models
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax.data.types import INFRARED, VISIBLE
 
 from train_test import tiny_config

@@ -10,6 +10,7 @@ import pytest
 from vireid_jax import memory
 from vireid_jax.methods.mbccm import memories as mbccm_memories
 from vireid_jax import sampling
+from vireid_jax.methods.mbccm import sampler as mbccm_sampler
 
 TEMPERATURE = 0.05
 MOMENTUM = 0.1
@@ -183,7 +184,7 @@ def _repeating_plan(stage, seed):
     return sampling.stage1_plan(visible_labels, infrared_labels, 6, 6, 3, seed)
   mask = np.zeros((7, 5), bool)
   mask[np.arange(7), [0, 0, 0, 1, 2, 3, 4]] = True  # visible 0 partners three infrared
-  return sampling.stage2_plan(visible_labels, infrared_labels, mask, 6, 6, 3, seed)
+  return mbccm_sampler.stage2_plan(visible_labels, infrared_labels, mask, 6, 6, 3, seed)
 
 
 @pytest.mark.parametrize('stage', [1, 2])

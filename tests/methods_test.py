@@ -13,9 +13,10 @@ from vireid_jax import config as config_lib
 from vireid_jax import methods
 from vireid_jax import models
 from vireid_jax import sampling
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering
+from vireid_jax.methods.mbccm import config as mbccm_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, 'vireid_jax')
@@ -60,7 +61,7 @@ def test_the_core_imports_no_method():
   offenders = {os.path.relpath(p, REPO): _method_imports(p) for p in core_files}
   assert {p: m for p, m in offenders.items() if m} == {}
   # And at run time: building the trainer's modules loads no method until a config asks.
-  code = ('import sys, vireid_jax.train, vireid_jax.evaluate, vireid_jax.report; '
+  code = ('import sys, vireid_jax.train, vireid_jax.evaluation.driver, vireid_jax.reporting.run_report; '
           'print([m for m in sys.modules if m.startswith("vireid_jax.methods.")])')
   loaded = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), check=True)
@@ -68,7 +69,7 @@ def test_the_core_imports_no_method():
 
 
 def tiny_config(method: str):
-  config = config_lib.base_config()
+  config = mbccm_config.mbccm_config()
   config.method = method
   config.data.image_height, config.data.image_width = 16, 8
   config.model.block, config.model.stage_sizes, config.model.width = 'basic', (1, 1, 1, 1), 4

@@ -9,8 +9,8 @@ import matplotlib
 import numpy as np
 from tensorboardX.proto import event_pb2
 
-from vireid_jax import files
-from vireid_jax import metric_writer
+from vireid_jax.runtime import files
+from vireid_jax.reporting import metric_writer
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402

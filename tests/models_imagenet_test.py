@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from vireid_jax import config as config_lib
-from vireid_jax import initial_weights
-from vireid_jax import multihost
+from vireid_jax.models import initial_weights
+from vireid_jax.runtime import multihost
 from vireid_jax.models import imagenet
 from vireid_jax.models import torch_pickle
 

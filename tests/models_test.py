@@ -308,7 +308,7 @@ def test_bn_groups_give_the_same_numbers_however_the_batch_is_sharded(tiny):
 
   The train step's own equality across meshes is tests/train_test.py's; this is the model's.
   """
-  from vireid_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vireid_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 8, 'tests/conftest.py forces 8 virtual CPU devices'
   model = tiny['model'].clone(bn_groups=4)
   variables = tiny['variables']

@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 from vireid_jax import launch
 from vireid_jax import models
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 
 from end_to_end_test import REPO, TINY, demo_config

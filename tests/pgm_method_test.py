@@ -16,11 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 from vireid_jax import config as config_lib
 from vireid_jax import methods
 from vireid_jax import models
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax import train
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering

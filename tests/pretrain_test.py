@@ -11,10 +11,10 @@ import pytest
 
 from vireid_jax import augment
 from vireid_jax import config as config_lib
-from vireid_jax import initial_weights
+from vireid_jax.models import initial_weights
 from vireid_jax import models
-from vireid_jax import pretrain
-from vireid_jax import sharding
+from vireid_jax.models import pretrain
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.data import render
 from vireid_jax.data import synthetic

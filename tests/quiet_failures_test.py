@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 
 from end_to_end_test import REPO, TINY
 
@@ -116,7 +116,7 @@ def test_a_restore_that_fails_over_to_best_continues_quietly(best_did_not_fit, d
 # change process-wide hooks).
 _NOISE_SCRIPT = textwrap.dedent('''
     import asyncio, gc, logging, sys, threading
-    from vireid_jax import async_noise
+    from vireid_jax.runtime import async_noise
 
     def mark(text):
       sys.stderr.write(f'== {text}\\n'); sys.stderr.flush()

@@ -13,9 +13,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 from vireid_jax import config as config_lib
-from vireid_jax import run_config
+from vireid_jax.runtime import run_config
 
 from end_to_end_test import REPO, TINY, demo_config
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vireid_jax import sampling
+from vireid_jax.methods.mbccm import sampler as mbccm_sampler
 
 CLUSTERS, INSTANCES = 4, 3  # B = 12
 
@@ -108,7 +109,7 @@ def _match_problem():
 
 def test_stage2_pairs_are_matched_clusters():
   visible_labels, infrared_labels, mask, visible_sizes, infrared_sizes = _match_problem()
-  plan = sampling.stage2_plan(visible_labels, infrared_labels, mask, 400, CLUSTERS, INSTANCES,
+  plan = mbccm_sampler.stage2_plan(visible_labels, infrared_labels, mask, 400, CLUSTERS, INSTANCES,
                               0)
   _check_common(plan, visible_labels, infrared_labels, 400)
   assert mask[plan.infrared_label, plan.visible_label].all()
@@ -129,7 +130,7 @@ def test_stage2_pairs_are_matched_clusters():
 
 def test_stage2_rejects_unusable_inputs():
   visible_labels, infrared_labels, mask, _, _ = _match_problem()
-  plan = lambda m, clusters=CLUSTERS: sampling.stage2_plan(
+  plan = lambda m, clusters=CLUSTERS: mbccm_sampler.stage2_plan(
       visible_labels, infrared_labels, m, 5, clusters, INSTANCES, 0)
   with pytest.raises(ValueError, match='even'):
     plan(mask, clusters=3)
@@ -151,6 +152,6 @@ def test_a_sysu_sized_epoch_is_fast():
   mask[np.arange(400), rng.integers(0, 500, 400)] = True
   mask[rng.integers(0, 400, 500), np.arange(500)] = True
   start = time.perf_counter()
-  plan = sampling.stage2_plan(visible_labels, infrared_labels, mask, 300, 12, 12, 0)
+  plan = mbccm_sampler.stage2_plan(visible_labels, infrared_labels, mask, 300, 12, 12, 0)
   assert time.perf_counter() - start < 1.0  # ~20 ms measured; the bound leaves room for load
   assert plan.visible_index.shape == (300, 144)

@@ -8,18 +8,20 @@ import optax
 import pytest
 
 from vireid_jax import config as config_lib
-from vireid_jax import initial_weights
+from vireid_jax.models import initial_weights
 from vireid_jax import memory as memory_lib
 from vireid_jax import models
 from vireid_jax import sampling
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.methods.mbccm import association as mbccm_association
 from vireid_jax.methods.mbccm import memories as mbccm_memories
+from vireid_jax.methods.mbccm import sampler as mbccm_sampler
+from vireid_jax.methods.mbccm import config as mbccm_config
 
 
 def tiny_config() -> ml_collections.ConfigDict:
-  config = config_lib.base_config()
+  config = mbccm_config.mbccm_config()
   config.data.image_height, config.data.image_width = 16, 8
   config.model.block, config.model.stage_sizes, config.model.width = 'basic', (1, 1, 1, 1), 4
   config.model.dtype = 'float32'
@@ -73,7 +75,7 @@ def _step_inputs(config, num_clusters=4, num_images=24, steps=2):
   visible = rng.integers(0, 256, (num_images, h, w, 3), dtype=np.uint8)
   infrared = rng.integers(0, 256, (num_images, h, w, 3), dtype=np.uint8)
   labels = np.arange(num_images) % num_clusters
-  plan = sampling.stage2_plan(labels, labels, np.eye(num_clusters, dtype=bool) | np.eye(
+  plan = mbccm_sampler.stage2_plan(labels, labels, np.eye(num_clusters, dtype=bool) | np.eye(
       num_clusters, k=1, dtype=bool), steps, config.sampler.clusters_per_step,
                               config.sampler.instances_per_cluster, 0)
   centers = rng.normal(size=(num_clusters, 32)).astype(np.float32)

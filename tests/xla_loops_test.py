@@ -1,7 +1,7 @@
 """Compiled control flow: which while loops XLA knows the trip count of, in the train steps too.
 
 A while loop of unknown trip count makes XLA:GPU read its predicate on the host every iteration
-(see vireid_jax/xla_loops.py); these tests compile on CPU, where XLA annotates the same counts.
+(see vireid_jax/runtime/xla_loops.py); these tests compile on CPU, where XLA annotates the same counts.
 """
 
 import jax
@@ -12,10 +12,11 @@ import pytest
 from vireid_jax import memory as memory_lib
 from vireid_jax import models
 from vireid_jax import sampling
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
-from vireid_jax import xla_loops
+from vireid_jax.runtime import xla_loops
 from vireid_jax.methods.mbccm import memories as mbccm_memories
+from vireid_jax.methods.mbccm import sampler as mbccm_sampler
 
 from train_test import tiny_config  # pylint: disable=g-bad-import-order
 
@@ -56,7 +57,7 @@ def _compiled_step_text(stage: int, loop: str) -> str:
   if stage == 1:
     plan = sampling.stage1_plan(labels, labels, 2, 4, 2, 0)
   else:
-    plan = sampling.stage2_plan(labels, labels, np.eye(num_clusters, dtype=bool), 2, 4, 2, 0)
+    plan = mbccm_sampler.stage2_plan(labels, labels, np.eye(num_clusters, dtype=bool), 2, 4, 2, 0)
   repeats = train_state.step_label_repeats(config, plan)
   assert repeats is not None  # by_rank: the step gets its static bound
   step_fn = train_state.make_train_step(model, config, mesh, stage, label_repeats=repeats)

@@ -23,9 +23,10 @@ WEIGHTS_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.bin', '.safetensors', '.npz')
 def base_config() -> ml_collections.ConfigDict:
   """Paper settings for SYSU-MM01 (SPEC.md); dataset configs override what differs."""
   config = ml_collections.ConfigDict()
-  # The training method: a package under vireid_jax/methods/ ('mbccm', 'cluster_contrast',
-  # ...). The groups `memory`, `loss`, `sampler` and `schedule` hold MBCCM's values here; a
-  # method's own configs (configs/<method>_*.py) set theirs.
+  # The training method: a package under vireid_jax/methods/ ('mbccm', 'pgm',
+  # 'cluster_contrast', ...) or an importable module of your own ('my_lab.my_method'). The core
+  # holds only its own groups here; each method's config function (vireid_jax/methods/<name>/
+  # config.py, called by configs/*.py) adds the groups it reads.
   config.method = 'mbccm'
   config.seed = 0  # one seed for sampling, augmentation, init and gallery-free randomness
 
@@ -64,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   # pretrained weights this copies the visible stem's random init into the infrared stem, so
   # the two modalities start in one feature space and cross-modality matching means something.
   config.model.identical_stems = True
-  # Where the stems and trunk start (vireid_jax/initial_weights.py):
+  # Where the stems and trunk start (vireid_jax/models/initial_weights.py):
   #   'imagenet': torchvision's ImageNet ResNet-50, the paper's start: torch.hub's cache
   #     ($TORCH_HOME/hub/checkpoints, else $XDG_CACHE_HOME/torch/..., else ~/.cache/torch/...)
   #     holding resnet50-0676ba61.pth or resnet50-19c8e357.pth, else downloaded there from
@@ -120,57 +121,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.cluster.oracle = False
   config.cluster.on_no_clusters = 'stop'  # a modality with no cluster: 'stop' the run | 'skip' the epoch
 
-  # --- cluster memories (SPEC.md step 4) ---
+  # --- memory primitives (vireid_jax/memory.py); each method adds its own settings here ---
   config.memory = ml_collections.ConfigDict()
-  config.memory.temperature = 0.05  # logits = normalise(f) . M^T / 0.05
-  config.memory.momentum = 0.1  # m <- 0.1 m + 0.9 f, then renormalise
-  # How the momentum update runs (same numbers either way): 'sequential' scans the samples,
+  # How momentum updates run (same numbers either way): 'sequential' scans the samples,
   # 'by_rank' updates all rows at once per occurrence rank; 'auto': sequential on CPU, by_rank
   # on GPU/TPU.
   config.memory.update_method = 'auto'
-
-  # --- losses (SPEC.md step 7) ---
-  config.loss = ml_collections.ConfigDict()
-  config.loss.alpha = 0.9  # weight of the modality-agnostic terms L_ma
-  config.loss.beta = 0.5  # weight of the consistency terms L_cc
-  config.loss.kl_clamp = 1e-12  # probabilities clamped here inside the symmetric KL
-  # Reference quirk: X_i(f), X_v(f) in L_cc use the UN-normalised feature. False normalises it.
-  config.loss.unnormalized_cross_logits = True
-  # Reference quirk: memories are updated in place inside its backward pass, so a memory's later
-  # backward calls take feature gradients from the partly updated table. False: plain autodiff.
-  config.loss.reference_memory_gradients = True
-
-  # --- sampling (SPEC.md step 5) ---
-  config.sampler = ml_collections.ConfigDict()
-  config.sampler.clusters_per_step = 12  # clusters per modality per step
-  config.sampler.instances_per_cluster = 12  # images per cluster (with replacement if <= 12 members)
-  config.sampler.steps_per_epoch = 300  # 300 SYSU, 100 RegDB
-
-  # --- augmentation (SPEC.md step 6) ---
-  config.augment = ml_collections.ConfigDict()
-  config.augment.flip_prob = 0.5  # random horizontal flip
-  config.augment.pad = 10  # zero padding before the random crop back to image size
-  config.augment.linear_transform_prob = 0.8  # visible view A: multiplicative rectangles
-  config.augment.erase_prob = 0.5  # random erasing on every view
-  config.augment.erase_area = (0.02, 0.4)  # erased area fraction (also the rectangles' area)
-  config.augment.erase_aspect = 0.3  # aspect in (0.3, 1/0.3)
-  config.augment.erase_tries = 100
-  config.augment.erase_fill = (0.4914, 0.4822, 0.4465)
-  # Reference quirk: the fill is written into the already-normalised image. False fills
-  # with (fill - mean) / std, i.e. the colour the fill values name.
-  config.augment.erase_fill_in_normalized_space = True
-  config.augment.linear_transform_max_rects = 64  # bound on rectangles drawn (the reference loops until a pixel's scale <= 1e-6)
-  config.augment.linear_transform_stop = 1e-6
-  # The rectangles loop (same outputs for the same key in every form): 'while' stops when the
-  # batch's slowest sample does (XLA:GPU reads that predicate on the host every rectangle);
-  # 'fixed' draws linear_transform_max_rects for every sample, finished ones masked;
-  # 'two_phase' runs linear_transform_first_phase for the whole batch, then the remaining
-  # rectangles only for the samples still running, compacted into linear_transform_straggler_slots
-  # (more stragglers than slots: one lax.cond runs the rest for the whole batch).
-  config.augment.linear_transform_loop = 'while'
-  config.augment.linear_transform_first_phase = 24
-  config.augment.linear_transform_straggler_slots = 16
-  config.augment.infrared_grey_prob = 0.5  # the 4th infrared case converts to grey with p 0.5
 
   # --- optimiser (SPEC.md step 8) ---
   config.optim = ml_collections.ConfigDict()
@@ -184,9 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- schedule ---
   config.schedule = ml_collections.ConfigDict()
-  config.schedule.epochs = 80
-  config.schedule.stage2_start = 40  # epochs 0-39 stage 1, 40-79 stage 2
-  config.schedule.eval_every = 5  # evaluate every 5 epochs, keep best by mAP
+  config.schedule.epochs = 80  # epochs of the run; the method's schedule says what each one does
 
   # --- evaluation (SPEC.md: Evaluation protocols) ---
   config.eval = ml_collections.ConfigDict()
@@ -206,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.max_rank = 20
   config.eval.at_start = True  # also score the untrained network, so reports show the gain
 
-  # --- the ImageNet stand-in (vireid_jax/pretrain.py), used when model.pretrained is
+  # --- the ImageNet stand-in (vireid_jax/models/pretrain.py), used when model.pretrained is
   # 'synthetic_imagenet': a plain ResNet classifier of the model's stem and trunk, trained with
   # labels on visible images of synthetic people who are not in the dataset. The recipe is
   # torchvision's ImageNet one where it carries over (SGD, Nesterov momentum 0.9, warm-up + cosine,
@@ -266,7 +220,6 @@ _CHOICES = {
     'model.extract_dtype': ('float32', 'bfloat16', 'compute'),
     'model.extract_precision': ('default', 'high', 'highest'),
     'memory.update_method': ('auto', 'sequential', 'by_rank'),
-    'augment.linear_transform_loop': ('while', 'fixed', 'two_phase'),
     'cluster.on_no_clusters': ('stop', 'skip'),
     'cluster.rank_by': ('dot', 'l2'),
     'eval.sysu_mode': ('all', 'indoor'),
@@ -322,8 +275,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.{field} = {_get(config, field)!r}; expected one of {choices}')
   if config.data.dataset == 'regdb' and not 1 <= config.data.trial <= 10:
     raise ConfigError(f'config.data.trial = {config.data.trial}; RegDB trials are 1..10')
-  if not 0 <= config.schedule.stage2_start <= config.schedule.epochs:
-    raise ConfigError('config.schedule.stage2_start must lie in [0, schedule.epochs]')
   if config.eval.sysu_shots not in (1, 10):
     raise ConfigError(f'config.eval.sysu_shots = {config.eval.sysu_shots}; expected 1 or 10')
   _validate_pretrained(config.model)

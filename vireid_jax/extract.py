@@ -18,9 +18,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vireid_jax import augment
-from vireid_jax import console
+from vireid_jax.runtime import console
 from vireid_jax import models
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 from vireid_jax.data.types import INFRARED, VISIBLE
 
 

@@ -1,18 +1,13 @@
-"""Identity samplers: which images every step of an epoch trains on (SPEC.md step 5).
+"""Identity samplers: which images every step of an epoch trains on (building blocks).
 
 Each step draws `clusters_per_step` clusters per modality and `instances_per_cluster` images of
 each (without replacement when the cluster has more members than that, with replacement
 otherwise), so a step holds B = clusters_per_step * instances_per_cluster visible and B infrared
-images; visible image i is paired with infrared image i, and each cluster's images are
-consecutive.
-
-  stage 1: the visible and the infrared clusters of a step are drawn independently, each
-           uniformly without replacement among that modality's clusters.
-  stage 2: clusters_per_step / 2 infrared clusters are drawn (uniformly, without replacement),
-           each paired with a visible partner drawn uniformly from its row of the match mask;
-           then clusters_per_step / 2 visible clusters, each paired with an infrared partner
-           drawn uniformly from its column. Pair positions hold the infrared-drawn pairs first,
-           as in the reference's IdentitySamplerAssign.
+images, each cluster's images consecutive. `stage1_plan` draws the visible and the infrared
+clusters of a step independently, each uniformly without replacement among that modality's
+clusters (MBCCM's stage 1, ClusterContrast). The pieces (`cluster_members`, `draw_clusters`,
+`draw_instances`, `assemble`) serve methods that draw otherwise: MBCCM's matched pairs
+(methods/mbccm/sampler.py), PGM's camera-aware passes (methods/pgm/sampler.py).
 
 A whole epoch is planned at once on the host, vectorised with numpy; every step is independent,
 as in the reference (no epoch-level iteration over clusters). Randomness comes from one
@@ -47,7 +42,7 @@ class EpochPlan(NamedTuple):
   infrared_label: np.ndarray
 
 
-class _ClusterMembers(NamedTuple):
+class ClusterMembers(NamedTuple):
   """Members of each cluster, as slices of one array sorted by label."""
   order: np.ndarray  # (M,) image indices of non-outliers, grouped by label, ascending inside
   start: np.ndarray  # (K,) first position of cluster k in `order`
@@ -55,7 +50,7 @@ class _ClusterMembers(NamedTuple):
   clusters: np.ndarray  # (K',) labels with at least one member
 
 
-def _cluster_members(labels: np.ndarray, modality: str) -> _ClusterMembers:
+def cluster_members(labels: np.ndarray, modality: str) -> ClusterMembers:
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f'{modality} pseudo labels must be a 1-D integer array, got '
@@ -67,10 +62,10 @@ def _cluster_members(labels: np.ndarray, modality: str) -> _ClusterMembers:
   order = members[np.argsort(labels[members], kind='stable')]
   count = np.bincount(labels[members])
   start = np.concatenate([[0], np.cumsum(count)[:-1]])
-  return _ClusterMembers(order, start, count, np.flatnonzero(count))
+  return ClusterMembers(order, start, count, np.flatnonzero(count))
 
 
-def _draw_clusters(candidates: np.ndarray, steps: int, per_step: int,
+def draw_clusters(candidates: np.ndarray, steps: int, per_step: int,
                    rng: np.random.Generator) -> np.ndarray:
   """(steps, per_step) clusters, uniformly without replacement inside each step."""
   num = len(candidates)
@@ -89,7 +84,7 @@ def _draw_clusters(candidates: np.ndarray, steps: int, per_step: int,
   return candidates[slots]
 
 
-def _draw_instances(members: _ClusterMembers, clusters: np.ndarray, per_cluster: int,
+def draw_instances(members: ClusterMembers, clusters: np.ndarray, per_cluster: int,
                     rng: np.random.Generator) -> np.ndarray:
   """(..., per_cluster) image indices of each cluster in `clusters` (any shape).
 
@@ -113,29 +108,20 @@ def _draw_instances(members: _ClusterMembers, clusters: np.ndarray, per_cluster:
   return index.reshape(clusters.shape + (per_cluster,))
 
 
-def _partners(mask: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """For each entry of `rows`, a column drawn uniformly among that row's True entries."""
-  row_of, col_of = np.nonzero(mask)  # row-major: columns of row r are contiguous
-  count = mask.sum(axis=1)
-  start = np.concatenate([[0], np.cumsum(count)[:-1]])
-  pick = np.floor(rng.random(rows.shape) * count[rows]).astype(np.int64)
-  return col_of[start[rows] + pick]
-
-
-def _assemble(visible: _ClusterMembers, infrared: _ClusterMembers, visible_clusters: np.ndarray,
+def assemble(visible: ClusterMembers, infrared: ClusterMembers, visible_clusters: np.ndarray,
               infrared_clusters: np.ndarray, per_cluster: int,
               rng: np.random.Generator) -> EpochPlan:
   steps = visible_clusters.shape[0]
   to_batch = lambda a: a.reshape(steps, -1).astype(np.int32)
   repeat = lambda c: np.repeat(c, per_cluster, axis=1)
   return EpochPlan(
-      visible_index=to_batch(_draw_instances(visible, visible_clusters, per_cluster, rng)),
-      infrared_index=to_batch(_draw_instances(infrared, infrared_clusters, per_cluster, rng)),
+      visible_index=to_batch(draw_instances(visible, visible_clusters, per_cluster, rng)),
+      infrared_index=to_batch(draw_instances(infrared, infrared_clusters, per_cluster, rng)),
       visible_label=to_batch(repeat(visible_clusters)),
       infrared_label=to_batch(repeat(infrared_clusters)))
 
 
-def _check_counts(steps: int, clusters_per_step: int, instances_per_cluster: int) -> None:
+def check_counts(steps: int, clusters_per_step: int, instances_per_cluster: int) -> None:
   for name, value in (('steps', steps), ('clusters_per_step', clusters_per_step),
                       ('instances_per_cluster', instances_per_cluster)):
     if int(value) != value or value < 1:
@@ -157,69 +143,11 @@ def stage1_plan(visible_labels: np.ndarray, infrared_labels: np.ndarray, steps: 
   Returns:
     EpochPlan of (steps, clusters_per_step * instances_per_cluster) int32 arrays.
   """
-  _check_counts(steps, clusters_per_step, instances_per_cluster)
+  check_counts(steps, clusters_per_step, instances_per_cluster)
   rng = np.random.default_rng(rng)
-  visible = _cluster_members(visible_labels, 'visible')
-  infrared = _cluster_members(infrared_labels, 'infrared')
-  visible_clusters = _draw_clusters(visible.clusters, steps, clusters_per_step, rng)
-  infrared_clusters = _draw_clusters(infrared.clusters, steps, clusters_per_step, rng)
-  return _assemble(visible, infrared, visible_clusters, infrared_clusters, instances_per_cluster,
+  visible = cluster_members(visible_labels, 'visible')
+  infrared = cluster_members(infrared_labels, 'infrared')
+  visible_clusters = draw_clusters(visible.clusters, steps, clusters_per_step, rng)
+  infrared_clusters = draw_clusters(infrared.clusters, steps, clusters_per_step, rng)
+  return assemble(visible, infrared, visible_clusters, infrared_clusters, instances_per_cluster,
                    rng)
-
-
-def _check_match_mask(mask: np.ndarray, visible: _ClusterMembers,
-                      infrared: _ClusterMembers) -> np.ndarray:
-  mask = np.asarray(mask).astype(bool)
-  expected = (len(infrared.count), len(visible.count))
-  if mask.shape != expected:
-    raise ValueError(f'match_mask has shape {mask.shape}; expected (infrared clusters, visible '
-                     f'clusters) = {expected} from the pseudo labels')
-  for name, members in (('visible', visible), ('infrared', infrared)):
-    empty = np.flatnonzero(members.count == 0)
-    if len(empty):
-      raise ValueError(f'{name} cluster labels must be 0..K-1 with no gaps; clusters '
-                       f'{empty[:10].tolist()} have no image')
-  for axis, name, other in ((1, 'infrared', 'visible'), (0, 'visible', 'infrared')):
-    lonely = np.flatnonzero(~mask.any(axis=axis))
-    if len(lonely):
-      raise ValueError(f'match_mask gives {name} clusters {lonely[:10].tolist()} no {other} '
-                       'partner; MBCCM matching gives every cluster at least one')
-  return mask
-
-
-def stage2_plan(visible_labels: np.ndarray, infrared_labels: np.ndarray, match_mask: np.ndarray,
-                steps: int, clusters_per_step: int, instances_per_cluster: int,
-                rng: Rng) -> EpochPlan:
-  """An epoch of stage-2 steps: matched (visible, infrared) cluster pairs at every position.
-
-  Args:
-    visible_labels: (Nv,) int pseudo labels of the visible training images, -1 = outlier.
-    infrared_labels: (Ni,) int pseudo labels of the infrared training images.
-    match_mask: (K_i, K_v) bool, True where infrared cluster i and visible cluster v match.
-    steps: steps in the epoch.
-    clusters_per_step: cluster pairs per step (12; must be even: half are drawn from each side).
-    instances_per_cluster: images per cluster (12).
-    rng: np.random.Generator or seed.
-
-  Returns:
-    EpochPlan of (steps, clusters_per_step * instances_per_cluster) int32 arrays; position p of
-    every step holds a visible and an infrared image of a matched cluster pair.
-  """
-  _check_counts(steps, clusters_per_step, instances_per_cluster)
-  if clusters_per_step % 2:
-    raise ValueError(f'clusters_per_step = {clusters_per_step} must be even in stage 2: half of '
-                     'the pairs are drawn from each modality')
-  rng = np.random.default_rng(rng)
-  visible = _cluster_members(visible_labels, 'visible')
-  infrared = _cluster_members(infrared_labels, 'infrared')
-  mask = _check_match_mask(match_mask, visible, infrared)
-  half = clusters_per_step // 2
-  infrared_drawn = _draw_clusters(infrared.clusters, steps, half, rng)
-  visible_of_infrared = _partners(mask, infrared_drawn, rng)
-  visible_drawn = _draw_clusters(visible.clusters, steps, half, rng)
-  infrared_of_visible = _partners(mask.T, visible_drawn, rng)
-  visible_clusters = np.concatenate([visible_of_infrared, visible_drawn], axis=1)
-  infrared_clusters = np.concatenate([infrared_drawn, infrared_of_visible], axis=1)
-  return _assemble(visible, infrared, visible_clusters, infrared_clusters, instances_per_cluster,
-                   rng)
-

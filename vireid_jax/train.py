@@ -16,21 +16,21 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 from vireid_jax import clustering
-from vireid_jax import console
-from vireid_jax import evaluate as evaluate_lib
+from vireid_jax.runtime import console
+from vireid_jax.evaluation import driver as evaluate_lib
 from vireid_jax import extract as extract_lib
-from vireid_jax import files
-from vireid_jax import host_feed
-from vireid_jax import interrupts
+from vireid_jax.runtime import files
+from vireid_jax.data import host_feed
+from vireid_jax.runtime import interrupts
 from vireid_jax import methods
-from vireid_jax import metric_writer
+from vireid_jax.reporting import metric_writer
 from vireid_jax import models
-from vireid_jax import multihost
-from vireid_jax import report
-from vireid_jax import run_lock
-from vireid_jax import sharding
+from vireid_jax.runtime import multihost
+from vireid_jax.reporting import run_report
+from vireid_jax.runtime import run_lock
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering
 from vireid_jax.data import shared as shared_data
@@ -325,9 +325,9 @@ class Trainer:
     self.history.append(entry)
     self._save(epoch, improved)
     if multihost.is_main():
-      report.write_report(self.workdir, self.history, self.best, config)
+      run_report.write_report(self.workdir, self.history, self.best, config)
       writer.write(self.history)
-    console.line(report.epoch_line(entry, epochs, self.method.reporting))
+    console.line(run_report.epoch_line(entry, epochs, self.method.reporting))
 
   def _restart_stage(self, schedule: methods.EpochSchedule) -> dict:
     """Starts `schedule.stage` from the previous stage's best checkpoint with a new optimiser.

@@ -24,14 +24,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vireid_jax import console
-from vireid_jax import initial_weights
+from vireid_jax.runtime import console
+from vireid_jax.models import initial_weights
 from vireid_jax import memory as memory_lib
 from vireid_jax import methods
 from vireid_jax import models
-from vireid_jax import multihost
+from vireid_jax.runtime import multihost
 from vireid_jax import sampling
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 
 
 @flax.struct.dataclass

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from vireid_jax import methods
-from vireid_jax import multihost
+from vireid_jax.runtime import multihost
 from vireid_jax.clustering.diagnostics import cluster_diagnostics
 from vireid_jax.clustering.pseudo_labels import NoClustersError
 from vireid_jax.clustering.pseudo_labels import cluster_centers

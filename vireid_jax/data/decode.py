@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from vireid_jax import console
+from vireid_jax.runtime import console
 from vireid_jax.data.errors import DatasetError
 
 _IN_FLIGHT_PER_WORKER = 8  # bounds memory when the consumer is slower than decoding

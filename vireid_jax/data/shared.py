@@ -7,7 +7,7 @@ while the others wait, and every process loads it again. With one process these 
 `load_train` and `load_test`.
 """
 
-from vireid_jax import multihost
+from vireid_jax.runtime import multihost
 from vireid_jax.data.errors import DamagedPreparedCopy
 from vireid_jax.data.errors import DatasetError
 from vireid_jax.data.prepare import load_split

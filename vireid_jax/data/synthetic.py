@@ -44,7 +44,7 @@ from vireid_jax.data.errors import DatasetError
 MARKER = 'vireid_synthetic.json'
 GENERATOR_VERSION = 2
 # The population seed of the datasets written here (render.sample_identity(seed, pid)); the
-# pretraining population (vireid_jax/pretrain.py) must use another one.
+# pretraining population (vireid_jax/models/pretrain.py) must use another one.
 POPULATION_SEED = 0
 SYSU_NUM_IDS = 72  # 48 train+val, 24 test
 SYSU_IMAGES_PER_CAMERA = 5

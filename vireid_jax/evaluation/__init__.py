@@ -24,9 +24,9 @@ from vireid_jax.evaluation.protocols import REGDB_SETTINGS
 from vireid_jax.evaluation.protocols import setting_name
 from vireid_jax.evaluation.ranklist import choose_queries
 from vireid_jax.evaluation.ranklist import save_ranklist
-from vireid_jax.evaluation.report import display_name
-from vireid_jax.evaluation.report import markdown_table
-from vireid_jax.evaluation.report import plot_cmc
-from vireid_jax.evaluation.report import side_by_side_table
-from vireid_jax.evaluation.report import trial_and_mean_table
-from vireid_jax.evaluation.report import write_results
+from vireid_jax.evaluation.results import display_name
+from vireid_jax.evaluation.results import markdown_table
+from vireid_jax.evaluation.results import plot_cmc
+from vireid_jax.evaluation.results import side_by_side_table
+from vireid_jax.evaluation.results import trial_and_mean_table
+from vireid_jax.evaluation.results import write_results

@@ -31,7 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from vireid_jax import files
+from vireid_jax.runtime import files
 from vireid_jax.evaluation import metrics
 from vireid_jax.evaluation.galleries import gallery_indices
 from vireid_jax.evaluation.galleries import one_per_identity_camera

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vireid_jax import files
+from vireid_jax.runtime import files
 from vireid_jax.evaluation import metrics
 
 _CORRECT = '#1a9850'

@@ -158,6 +158,29 @@ class UnknownMethodError(ConfigError):
   """`config.method` names no package under vireid_jax/methods/."""
 
 
+def missing_settings(config: ml_collections.ConfigDict, fields: Sequence[str]) -> list[str]:
+  """The dotted `fields` (e.g. 'sampler.visible_images') that `config` lacks."""
+  missing = []
+  for dotted in fields:
+    node = config
+    for part in dotted.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        missing.append(dotted)
+        break
+      node = node[part]
+  return missing
+
+
+def require_settings(config: ml_collections.ConfigDict, fields: Sequence[str],
+                     config_function: str) -> None:
+  """ConfigError naming the missing `fields` and where the method's settings come from (e.g.
+  'vireid_jax.methods.pgm.config.pgm_config, called by configs/pgm_*.py')."""
+  missing = missing_settings(config, fields)
+  if missing:
+    raise ConfigError(f'config.method = {config.method!r} needs its own settings '
+                      f'({", ".join(missing)} missing): start from {config_function}')
+
+
 def available() -> list[str]:
   """Names of the method packages found under vireid_jax/methods/."""
   import pkgutil  # pylint: disable=import-outside-toplevel

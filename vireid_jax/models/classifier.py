@@ -1,6 +1,6 @@
 """A plain one-stream ResNet classifier built from the two-stream network's own pieces.
 
-The ImageNet stand-in (vireid_jax/pretrain.py) trains this network as torchvision trains
+The ImageNet stand-in (vireid_jax/models/pretrain.py) trains this network as torchvision trains
 ResNets on ImageNet: stem, layer1..layer4, global average pooling and a linear layer `fc`.
 Its stem is a `Stem` named `visible_stem` and its layers are the `Stage`s of `TwoStreamResNet`,
 so `weights.export_torch_state_dict` writes it under torchvision's names (conv1, bn1,

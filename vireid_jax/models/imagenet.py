@@ -25,8 +25,8 @@ import urllib.request
 import uuid
 from typing import Optional
 
-from vireid_jax import console
-from vireid_jax import multihost
+from vireid_jax.runtime import console
+from vireid_jax.runtime import multihost
 
 TORCHVISION_RESNET50_URL = 'https://download.pytorch.org/models/resnet50-0676ba61.pth'
 # The same IMAGENET1K_V1 weights under torchvision's current name and its earlier one.

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from vireid_jax import augment
+from vireid_jax.methods.mbccm import views as mbccm_views
 from vireid_jax import memory as memory_lib
 from vireid_jax import methods
 from vireid_jax import sampling
@@ -38,7 +39,11 @@ class Memories:
 
 
 def validate(config) -> None:
-  del config  # every MBCCM sampler and augmentation setting works here
+  # MBCCM's settings (sampler, memory, augment, schedule.eval_every): any MBCCM config works.
+  methods.require_settings(
+      config, ('memory.temperature', 'memory.momentum', 'sampler', 'augment',
+               'schedule.eval_every'),
+      'an MBCCM config (configs/sysu.py, demo.py, ...) with --config.method=cluster_contrast')
 
 
 def batch_sizes(config) -> methods.StepBatch:
@@ -89,7 +94,7 @@ def step_fns(config, phase, label_repeats=None) -> methods.StepFns:
   temperature, momentum = config.memory.temperature, config.memory.momentum
 
   def augment_fn(rng, visible, infrared):
-    view_a, view_b, infrared_view = augment.augment_batch(rng, visible, infrared, aug_cfg,
+    view_a, view_b, infrared_view = mbccm_views.augment_batch(rng, visible, infrared, aug_cfg,
                                                           mean, std)
     return jnp.concatenate([view_a, view_b]), infrared_view
 

@@ -18,16 +18,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from vireid_jax import augment
+from vireid_jax.methods.mbccm import views as mbccm_views
 from vireid_jax import memory as memory_lib
 from vireid_jax import methods
 from vireid_jax import sampling
+from vireid_jax.methods.mbccm import sampler
 from vireid_jax.config import ConfigError
 from vireid_jax.methods.mbccm import association
 from vireid_jax.methods.mbccm import losses
 from vireid_jax.methods.mbccm import memories as memories_lib
 
 
+SETTINGS = ('memory.temperature', 'memory.momentum', 'loss', 'sampler', 'augment',
+            'schedule.stage2_start', 'schedule.eval_every')
+
+
 def validate(config) -> None:
+  methods.require_settings(config, SETTINGS, 'configs/sysu.py, regdb.py, llcm.py or demo.py '
+                           '(vireid_jax.methods.mbccm.config.mbccm_config)')
+  if not 0 <= config.schedule.stage2_start <= config.schedule.epochs:
+    raise ConfigError('config.schedule.stage2_start must lie in [0, schedule.epochs]')
   if config.sampler.clusters_per_step % 2:
     raise ConfigError('config.sampler.clusters_per_step must be even: stage 2 draws half of '
                       'them from each modality')
@@ -68,7 +78,7 @@ def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.
     return sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
                                 s.steps_per_epoch, s.clusters_per_step,
                                 s.instances_per_cluster, rng)
-  return sampling.stage2_plan(clusters.visible_labels, clusters.infrared_labels,
+  return sampler.stage2_plan(clusters.visible_labels, clusters.infrared_labels,
                               arrays['match_mask'], s.steps_per_epoch, s.clusters_per_step,
                               s.instances_per_cluster, rng)
 
@@ -90,7 +100,7 @@ def step_fns(config, stage: int, label_repeats=None) -> methods.StepFns:
       label_repeats=repeats)
 
   def augment_fn(rng, visible, infrared):
-    view_a, view_b, infrared_view = augment.augment_batch(rng, visible, infrared, aug_cfg,
+    view_a, view_b, infrared_view = mbccm_views.augment_batch(rng, visible, infrared, aug_cfg,
                                                           mean, std)
     return jnp.concatenate([view_a, view_b]), infrared_view
 

@@ -1,6 +1,6 @@
 """MBCCM's cross-modality association of an epoch: bilateral cluster matching (SPEC.md step 3).
 
-The matching itself is the shared library's `clustering.mbccm_match`; this module picks it or,
+The matching itself is `matching.mbccm_match`; this module picks it or,
 with `config.cluster.oracle`, the true identities, and measures the result against the true
 identities where they are known.
 """
@@ -8,9 +8,9 @@ identities where they are known.
 import numpy as np
 
 from vireid_jax.clustering.diagnostics import match_diagnostics
-from vireid_jax.clustering.matching import MatchResult
-from vireid_jax.clustering.matching import match_result
-from vireid_jax.clustering.matching import mbccm_match
+from vireid_jax.methods.mbccm.matching import MatchResult
+from vireid_jax.methods.mbccm.matching import match_result
+from vireid_jax.methods.mbccm.matching import mbccm_match
 
 
 def oracle_match(visible_pids: np.ndarray, infrared_pids: np.ndarray) -> MatchResult:

@@ -42,25 +42,17 @@ class Memories:
   infrared_to_visible: jax.Array  # (K_i',) int32
 
 
-_NEEDED = ('pgm', 'sampler.visible_images', 'sampler.infrared_images', 'memory.stage2_update',
-           'augment.color_jitter', 'augment.ir_jitter_stage1', 'schedule.eval_from')
-
-
-def _has(config, dotted: str) -> bool:
-  node = config
-  for part in dotted.split('.'):
-    if part not in node:
-      return False
-    node = node[part]
-  return True
+_NEEDED = ('pgm', 'memory.temperature', 'memory.momentum', 'memory.stage2_update',
+           'sampler.visible_images', 'sampler.infrared_images', 'augment.color_jitter',
+           'augment.ir_jitter_stage1', 'schedule.stage2_start', 'schedule.eval_every',
+           'schedule.eval_from')
 
 
 def validate(config) -> None:
-  missing = [field for field in _NEEDED if not _has(config, field)]
-  if missing:
-    raise ConfigError(f'config.method = \'pgm\' needs PGM\'s settings ({", ".join(missing)} are '
-                      f'missing): start from configs/pgm_sysu.py, pgm_regdb.py, pgm_llcm.py or '
-                      f'pgm_demo.py (vireid_jax.methods.pgm.config.pgm_config)')
+  methods.require_settings(config, _NEEDED, 'configs/pgm_sysu.py, pgm_regdb.py, pgm_llcm.py or '
+                           'pgm_demo.py (vireid_jax.methods.pgm.config.pgm_config)')
+  if not 0 <= config.schedule.stage2_start <= config.schedule.epochs:
+    raise ConfigError('config.schedule.stage2_start must lie in [0, schedule.epochs]')
   rounds = config.pgm.rounds
   if not (rounds == 'until_all' or (str(rounds).isdigit() and int(rounds) >= 1)):
     raise ConfigError(f"config.pgm.rounds = {rounds!r}; expected 'until_all' or a number of "

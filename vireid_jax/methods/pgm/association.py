@@ -1,16 +1,16 @@
 """PGM's cross-modality association of a stage-2 epoch: progressive graph matching (PGM.md).
 
-The matching itself is the shared library's `clustering.pgm_match`; this module applies the
-run's settings (rounds, what happens when the infrared side has more clusters), stops with one
-clear line where the authors' code would crash, and measures the pairs against the true
-identities where they are known.
+The matching itself is `matching.pgm_match`; this module applies the run's settings (rounds,
+what happens when the infrared side has more clusters), stops with one clear line where the
+authors' code would crash, and measures the pairs against the true identities where they are
+known.
 """
 
 import numpy as np
 
 from vireid_jax import methods
 from vireid_jax.clustering.diagnostics import match_diagnostics
-from vireid_jax.clustering.pgm_matching import pgm_match
+from vireid_jax.methods.pgm.matching import pgm_match
 
 VISIBLE_TO_INFRARED = 'visible_to_infrared'
 INFRARED_TO_VISIBLE = 'infrared_to_visible'

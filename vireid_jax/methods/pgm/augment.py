@@ -6,7 +6,7 @@ symmetric pad commute). Views A and B of a visible image are two independent pip
 
   visible A:  prefix, ToTensor, Normalize, erase
   visible B:  prefix, ColorJitter(0.5, 0.5, 0.5, 0.5) on the uint8 crop (PIL-exact,
-              vireid_jax/color_jitter.py), ToTensor, Normalize, erase, ChannelExchange(gray=2)
+              vireid_jax/augment/color_jitter.py), ToTensor, Normalize, erase, ChannelExchange(gray=2)
   infrared:   prefix, [ColorJitter in stage 1 with augment.ir_jitter_stage1], ToTensor,
               Normalize, erase, ChannelAdapGray(0.5)
 """
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vireid_jax import augment
-from vireid_jax import color_jitter
+from vireid_jax.augment import color_jitter
 
 Jitter = Tuple[float, float, float, float]  # brightness, contrast, saturation, hue
 

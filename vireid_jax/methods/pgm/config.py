@@ -1,6 +1,7 @@
 """PGM's settings, per dataset (PGM.md "Hyperparameters", each with its file:line there).
 
-`pgm_config(dataset)` is `config.base_config()` with every setting PGM's code runs with; the
+`pgm_config(dataset)` is the core's `config.base_config()` plus the groups PGM reads (`memory`,
+`sampler`, `augment`, `schedule`, `pgm`), with every setting PGM's code runs with; the
 configs/pgm_*.py files call it. Where PGM's code changed after the published runs, the default
 is what produced the published numbers and the example logs (the authors' commit 3448f52), and
 a switch gives HEAD's behaviour (PGM.md "Reference quirks").
@@ -8,6 +9,7 @@ a switch gives HEAD's behaviour (PGM.md "Reference quirks").
 
 import ml_collections
 
+from vireid_jax import augment
 from vireid_jax import config as config_lib
 
 # Per dataset: DBSCAN eps, steps per epoch, epochs per stage, StepLR boundaries (stage epochs).
@@ -54,6 +56,7 @@ def pgm_config(dataset: str = 'sysu') -> ml_collections.ConfigDict:
   # train_sysu.py (TS:793,795; quirk 3). Stage 1 is always sequential.
   config.memory.stage2_update = 'sequential'
 
+  config.sampler = ml_collections.ConfigDict()
   # Camera-aware sampling, unpaired: 16 images per cluster (run_train_*.sh:3), 256 infrared and
   # 128 visible images per step (TS:527-532), steps per epoch 200 SYSU / 100 RegDB (TS:1093).
   config.sampler.instances_per_cluster = 16
@@ -61,6 +64,7 @@ def pgm_config(dataset: str = 'sysu') -> ml_collections.ConfigDict:
   config.sampler.visible_images = 128
   config.sampler.infrared_images = 256
 
+  config.augment = augment.default_config()
   # Views: no multiplicative rectangles; view B's ColorJitter(0.5, 0.5, 0.5, 0.5) (TS:423).
   config.augment.linear_transform_prob = 0.0
   config.augment.color_jitter = (0.5, 0.5, 0.5, 0.5)

@@ -26,9 +26,9 @@ from typing import Any, Iterable, Optional
 
 import ml_collections
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 from vireid_jax import config as config_lib
-from vireid_jax import files
+from vireid_jax.runtime import files
 
 CONFIG_NAME = 'config.json'
 

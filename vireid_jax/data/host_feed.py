@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vireid_jax import sampling
-from vireid_jax import sharding
+from vireid_jax.runtime import sharding
 
 PREFETCH_STEPS = 3
 

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from vireid_jax import files  # noqa: E402
+from vireid_jax.runtime import files  # noqa: E402
 
 HEADLINE_KEYS = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
 

@@ -17,7 +17,7 @@ import os
 import ml_collections
 
 from vireid_jax import config as config_lib
-from vireid_jax import pretrain
+from vireid_jax.models import pretrain
 from vireid_jax.models import imagenet
 
 # What torchvision's ResNet-50 fits: the config's network must be this one to load it.

@@ -12,8 +12,8 @@ import os
 import socket
 import time
 
-from vireid_jax import console
-from vireid_jax import files
+from vireid_jax.runtime import console
+from vireid_jax.runtime import files
 
 LOCK_NAME = 'run.lock'
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from vireid_jax import clustering
-from vireid_jax.clustering import matching
+from vireid_jax.methods.mbccm import matching
 
 
 def reference_mask(centers_visible, centers_infrared):
@@ -55,7 +54,7 @@ def test_equals_the_reference_and_has_its_properties(num_visible, num_infrared):
   rng = np.random.default_rng(num_visible * 100 + num_infrared)
   for _ in range(5):
     visible, infrared = unit_rows(rng, num_visible), unit_rows(rng, num_infrared)
-    result = clustering.mbccm_match(visible, infrared)
+    result = matching.mbccm_match(visible, infrared)
     mask = result.mask
     assert mask.shape == (num_infrared, num_visible) and mask.dtype == bool
     np.testing.assert_array_equal(mask, reference_mask(visible, infrared) == 1)
@@ -92,7 +91,7 @@ def test_hand_worked_more_visible_clusters():
   #     ir 3 along the visible side adds vis 0 (3 <= 27 degrees away).
   # (b) stacked twice: visible 0->ir 1, 30->ir 3, 90->ir 3; relaxing along the infrared side
   #     adds nothing (ir 1 is 29 > 27 from visible 30, 89 > 87 from visible 90).
-  result = clustering.mbccm_match(on_circle([0, 30, 90]), on_circle([1, 3]))
+  result = matching.mbccm_match(on_circle([0, 30, 90]), on_circle([1, 3]))
   np.testing.assert_array_equal(result.mask, [[1, 0, 0], [1, 1, 1]])
   assert sorted(map(tuple, result.one_to_one)) == [(0, 0), (1, 1)]
   assert sorted(map(tuple, result.many_to_one)) == [(0, 0), (1, 1), (1, 2)]
@@ -106,7 +105,7 @@ def test_hand_worked_more_infrared_clusters():
   #     side: ir 0 keeps only vis 1 (vis 3 is 3 > 1 away), ir 30 only vis 3 (vis 1: 29 > 27).
   # (b) stacked twice: ir 0->vis 1, ir 30->vis 3, ir 90->vis 3; relaxed along the infrared
   #     side: vis 3 gains ir 0 (3 <= 27), and from (ir 90, vis 3) every infrared within 87.
-  result = clustering.mbccm_match(on_circle([1, 3]), on_circle([0, 30, 90]))
+  result = matching.mbccm_match(on_circle([1, 3]), on_circle([0, 30, 90]))
   np.testing.assert_array_equal(result.mask, [[1, 1], [0, 1], [0, 1]])
   assert sorted(map(tuple, result.one_to_one)) == [(0, 0), (1, 1)]
   assert sorted(map(tuple, result.many_to_one)) == [(0, 0), (1, 1), (2, 1)]
@@ -118,19 +117,19 @@ def test_single_cluster_matches_everything():
   rng = np.random.default_rng(0)
   many = unit_rows(rng, 6)
   one = unit_rows(rng, 1)
-  assert clustering.mbccm_match(many, one).mask.all()
-  assert clustering.mbccm_match(one, many).mask.all()
-  assert clustering.mbccm_match(one, one).mask.shape == (1, 1)
+  assert matching.mbccm_match(many, one).mask.all()
+  assert matching.mbccm_match(one, many).mask.all()
+  assert matching.mbccm_match(one, one).mask.shape == (1, 1)
 
 
 def test_empty_side_is_an_error():
   with pytest.raises(ValueError, match='clusters on both sides'):
-    clustering.mbccm_match(np.zeros((0, 4), np.float32), np.ones((2, 4), np.float32))
+    matching.mbccm_match(np.zeros((0, 4), np.float32), np.ones((2, 4), np.float32))
 
 
 def test_partner_lists_are_inverse_of_each_other():
   rng = np.random.default_rng(5)
-  result = clustering.mbccm_match(unit_rows(rng, 17), unit_rows(rng, 11))
+  result = matching.mbccm_match(unit_rows(rng, 17), unit_rows(rng, 11))
   pairs_infrared = {(i, v) for i, p in enumerate(result.infrared_partners) for v in p}
   pairs_visible = {(i, v) for v, p in enumerate(result.visible_partners) for i in p}
   assert pairs_infrared == pairs_visible == set(zip(*np.nonzero(result.mask)))

@@ -15,11 +15,11 @@ from typing import Callable, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from vireid_jax import checkpoint
+from vireid_jax.runtime import checkpoint
 from vireid_jax import evaluation
-from vireid_jax import files
-from vireid_jax import multihost
-from vireid_jax import sharding
+from vireid_jax.runtime import files
+from vireid_jax.runtime import multihost
+from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
 

@@ -1,16 +1,11 @@
-"""On-device training augmentation (SPEC.md step 6), jitted JAX over uint8 image batches.
+"""On-device augmentation ops, jitted JAX over uint8 image batches: the building blocks of
+every method's training views (MBCCM's in methods/mbccm/views.py, PGM's in
+methods/pgm/augment.py; torchvision's ColorJitter in `color_jitter`).
 
-Every view starts from the same kind of uint8 (H, W, 3) image the trainer gathers on the
-device, and follows the reference's torchvision pipeline, each view with its own random draws:
-
-  visible view A: flip, pad + crop, [0, 1], multiplicative rectangles (p 0.8), normalise, erase
-  visible view B: flip, pad + crop, [0, 1], normalise, erase, copy one channel into all three
-  infrared:       flip, pad + crop, [0, 1], normalise, erase, channel copy / grey / unchanged
-
-Views A and B come from the same source image but, as in the reference (two independent
-torchvision pipelines), draw their own flip, crop and everything after. Each random choice
-uses the reference's probability and range; rectangles are built with iota comparisons
-(mask arithmetic) rather than dynamic slices so a batch vectorises with `vmap`.
+Each op follows the reference's torchvision transform: flip, pad + crop, [0, 1], the
+multiplicative rectangles, normalise, random erasing, channel exchange, adaptive grey. Each
+random choice uses the reference's probability and range; rectangles are built with iota
+comparisons (mask arithmetic) rather than dynamic slices so a batch vectorises with `vmap`.
 
 Faithfulness notes:
 - Padding happens on the uint8 image (torchvision `Pad(10)` on the PIL image), so the border
@@ -40,6 +35,7 @@ from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 # How the multiplicative-rectangles loop runs (`multiply_rectangles_batch`).
 LINEAR_TRANSFORM_LOOPS = ('while', 'fixed', 'two_phase')
@@ -47,11 +43,41 @@ LINEAR_TRANSFORM_LOOPS = ('while', 'fixed', 'two_phase')
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """`config.augment` of a method whose views use these ops: the reference's torchvision
+  settings (MBCCM's and PGM's alike), which a method's config changes where it differs."""
+  config = ml_collections.ConfigDict()
+  config.flip_prob = 0.5  # random horizontal flip
+  config.pad = 10  # zero padding before the random crop back to image size
+  config.linear_transform_prob = 0.8  # visible view A: multiplicative rectangles
+  config.erase_prob = 0.5  # random erasing on every view
+  config.erase_area = (0.02, 0.4)  # erased area fraction (also the rectangles' area)
+  config.erase_aspect = 0.3  # aspect in (0.3, 1/0.3)
+  config.erase_tries = 100
+  config.erase_fill = (0.4914, 0.4822, 0.4465)
+  # Reference quirk: the fill is written into the already-normalised image. False fills
+  # with (fill - mean) / std, i.e. the colour the fill values name.
+  config.erase_fill_in_normalized_space = True
+  config.linear_transform_max_rects = 64  # bound on rectangles drawn (the reference loops until a pixel's scale <= 1e-6)
+  config.linear_transform_stop = 1e-6
+  # The rectangles loop (same outputs for the same key in every form): 'while' stops when the
+  # batch's slowest sample does (XLA:GPU reads that predicate on the host every rectangle);
+  # 'fixed' draws linear_transform_max_rects for every sample, finished ones masked;
+  # 'two_phase' runs linear_transform_first_phase for the whole batch, then the remaining
+  # rectangles only for the samples still running, compacted into linear_transform_straggler_slots
+  # (more stragglers than slots: one lax.cond runs the rest for the whole batch).
+  config.linear_transform_loop = 'while'
+  config.linear_transform_first_phase = 24
+  config.linear_transform_straggler_slots = 16
+  config.infrared_grey_prob = 0.5  # the 4th infrared case converts to grey with p 0.5
+  return config
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """Hashable augmentation settings (a static argument of the jitted functions).
 
-  Field meanings and defaults follow `config.augment` in vireid_jax/config.py.
+  Field meanings and defaults follow `default_config()`.
   """
 
   flip_prob: float = 0.5
@@ -447,78 +473,3 @@ def erase_fill_value(cfg: AugmentConfig, mean: Sequence[float],
   if cfg.erase_fill_in_normalized_space:  # reference quirk: raw values in normalised space
     return fill
   return (fill - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
-# --- the three views (one image each) --------------------------------------------------------
-
-def augment_visible_a_batch(rngs: jax.Array, images: jax.Array, cfg: AugmentConfig,
-                            mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """Visible view A of uint8 (B, H, W, 3) images, rngs (B,) keys -> normalised float32.
-
-  Per image as `augment_visible_a`; the rectangles loop runs over the batch at once, so its
-  'two_phase' form can gather the images still drawing.
-  """
-  keys = jax.vmap(lambda k: jax.random.split(k, 3))(rngs)
-  k_geom, k_linear, k_erase = keys[:, 0], keys[:, 1], keys[:, 2]
-  unit = jax.vmap(lambda k, x: to_unit(flip_pad_crop(k, x, cfg.flip_prob, cfg.pad)))(
-      k_geom, images)
-  unit = linear_transform_batch(k_linear, unit, cfg)
-  fill = erase_fill_value(cfg, mean, std)
-  return jax.vmap(lambda k, x: random_erasing(k, standardize(x, mean, std), fill, cfg))(
-      k_erase, unit)
-
-
-def augment_visible_a(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
-                      mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """Visible view A of one uint8 (H, W, 3) image -> normalised (H, W, 3) float32: flip, pad +
-  crop, [0, 1], multiplicative rectangles (p 0.8), normalise, erase."""
-  return augment_visible_a_batch(rng[None], image[None], cfg, mean, std)[0]
-
-
-def augment_visible_b(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
-                      mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """Visible view B: erase, then one channel (R, G or B uniformly) copied into all three."""
-  k_geom, k_erase, k_channel = jax.random.split(rng, 3)
-  normed = standardize(to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad)), mean, std)
-  normed = random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
-  return exchange_channel(k_channel, normed)
-
-
-def augment_infrared(rng: jax.Array, image: jax.Array, cfg: AugmentConfig,
-                     mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """Infrared view: erase, then copy R, G or B (1/4 each), else grey with `infrared_grey_prob`."""
-  k_geom, k_erase, k_channel = jax.random.split(rng, 3)
-  normed = standardize(to_unit(flip_pad_crop(k_geom, image, cfg.flip_prob, cfg.pad)), mean, std)
-  normed = random_erasing(k_erase, normed, erase_fill_value(cfg, mean, std), cfg)
-  return adapt_grey(k_channel, normed, cfg.infrared_grey_prob)
-
-
-@functools.partial(jax.jit, static_argnames=('aug_cfg',))
-def augment_batch(rng: jax.Array, visible: jax.Array, infrared: jax.Array,
-                  aug_cfg: AugmentConfig, mean: Sequence[float],
-                  std: Sequence[float]) -> Tuple[jax.Array, jax.Array, jax.Array]:
-  """The three training views of a step, every sample with its own random draws.
-
-  Args:
-    rng: PRNG key for this step.
-    visible: (B, H, W, 3) uint8, the sampled visible images.
-    infrared: (B', H, W, 3) uint8, the sampled infrared images (B' = B in training).
-    aug_cfg: `AugmentConfig.from_config(config.augment)` (static).
-    mean, std: per-channel normalisation, e.g. `config.data.mean`, `config.data.std`.
-  Returns:
-    (view_a (B, H, W, 3), view_b (B, H, W, 3), infrared_view (B', H, W, 3)), float32,
-    normalised; view A and view B of row i both come from visible[i].
-  """
-  if visible.dtype != jnp.uint8 or infrared.dtype != jnp.uint8:
-    raise TypeError('augment_batch expects uint8 images (the prepared arrays), got '
-                    f'{visible.dtype} and {infrared.dtype}')
-  k_a, k_b, k_ir = jax.random.split(rng, 3)
-
-  def per_sample(fn, key, images):
-    keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, x: fn(k, x, aug_cfg, mean, std))(keys, images)
-
-  return (augment_visible_a_batch(jax.random.split(k_a, visible.shape[0]), visible, aug_cfg,
-                                  mean, std),
-          per_sample(augment_visible_b, k_b, visible),
-          per_sample(augment_infrared, k_ir, infrared))

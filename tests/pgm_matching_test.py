@@ -8,7 +8,7 @@ torch = pytest.importorskip('torch', reason='torch is not installed: the check a
                             "reference's matching needs it (pip install -r requirements-test.txt)")
 import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
-from vireid_jax.clustering import pgm_match  # pylint: disable=g-import-not-at-top
+from vireid_jax.methods.pgm.matching import pgm_match  # pylint: disable=g-import-not-at-top
 
 
 def _reference_pgm(cluster_features_rgb, cluster_features_ir):

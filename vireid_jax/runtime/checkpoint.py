@@ -20,10 +20,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vireid_jax import async_noise
-from vireid_jax import console
-from vireid_jax import files
-from vireid_jax import multihost
+from vireid_jax.runtime import async_noise
+from vireid_jax.runtime import console
+from vireid_jax.runtime import files
+from vireid_jax.runtime import multihost
 
 LATEST = 'latest'
 BEST = 'best'

@@ -45,8 +45,8 @@ from PIL import Image
 
 from vireid_jax import augment
 from vireid_jax import config as config_lib
-from vireid_jax import console
-from vireid_jax import multihost
+from vireid_jax.runtime import console
+from vireid_jax.runtime import multihost
 from vireid_jax.data import render
 from vireid_jax.data import synthetic
 from vireid_jax.models import classifier as classifier_lib

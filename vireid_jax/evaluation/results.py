@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vireid_jax import files
+from vireid_jax.runtime import files
 
 _COLUMNS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'),
             ('rank20', 'Rank-20'), ('mAP', 'mAP'), ('mINP', 'mINP'))

@@ -13,7 +13,7 @@ import json
 import math
 import numbers
 
-from vireid_jax import files
+from vireid_jax.runtime import files
 
 
 def epoch_scalars(entry: dict) -> dict:
