@@ -325,8 +325,8 @@ def sphere_clusters(n: int, dim: int, noise: float, seed: int,
 def dispatch_steps(step_fn, state, memories, batches, inputs, num_steps: int):
   """Runs `num_steps` train steps the way `Trainer.train_epoch` does, without blocking.
 
-  `batches` yields each step's (visible, infrared) image arguments: the resident arrays, or the
-  host-fed batches of `host_feed.step_batches`. The step reads its plan row, key and learning
+  `batches` yields each step's images argument: the resident arrays ({modality: array}), or the
+  host-fed batches of `host_feed.step_batches` ({stream: batch}). The step reads its plan row, key and learning
   rate from `inputs` and the state's step counter; metrics stay on the device (fetched once by
   the caller), so the host only dispatches and the device queue never drains while there are
   steps left.
@@ -335,8 +335,8 @@ def dispatch_steps(step_fn, state, memories, batches, inputs, num_steps: int):
     (state, memories, per-step metrics as device arrays).
   """
   per_step = []
-  for _, (visible, infrared) in zip(range(num_steps), batches):
-    state, memories, metrics = step_fn(state, memories, visible, infrared, inputs)
+  for _, images in zip(range(num_steps), batches):
+    state, memories, metrics = step_fn(state, memories, images, inputs)
     per_step.append(metrics)
   return state, memories, per_step
 

@@ -158,7 +158,7 @@ def main(argv=None) -> list[dict]:
     start = time.perf_counter()
     state, memories, per_step = common.dispatch_steps(
         step_fns[label_repeats], state, memories,
-        iter(lambda: (visible_images, infrared_images), None),
+        iter(lambda: {'visible': visible_images, 'infrared': infrared_images}, None),
         inputs, steps)
     times['dispatch'] = time.perf_counter() - start
     per_step = jax.device_get(per_step)  # one fetch per epoch, as the trainer does

@@ -100,10 +100,12 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   step_fn = train_state.make_train_step(model, config, mesh, schedule.phase,
                                         images_on_device=on_device, label_repeats=label_repeats)
   if on_device:
-    resident = tuple(sharding.put_replicated(images, mesh) for images in host_images)
+    resident = {modality: sharding.put_replicated(images, mesh)
+                for modality, images in zip(('visible', 'infrared'), host_images)}
     batches = lambda: iter(lambda: resident, None)  # the same arrays every step
   else:
-    batches = lambda: host_feed.step_batches(*host_images, plan, mesh)
+    batches = lambda: host_feed.step_batches(dict(zip(('visible', 'infrared'), host_images)),
+                                             methods.as_plan(plan), mesh)
   name = f'train_step/stage{stage}' + ('' if on_device else '/host_fed')
 
   def inputs_at_state():  # the epoch starts where the state stands, as in the trainer
@@ -114,7 +116,7 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
              f'network inputs)')
   first_batch = next(batches())
   compile_s, compiled = common.timed(lambda: step_fn.lower(
-      state, memories, *first_batch, inputs_at_state()).compile())
+      state, memories, first_batch, inputs_at_state()).compile())
   context = dict(context, batch=inputs_per_step, method=config.method, images=where,
                  visible_images=batch.visible_images, infrared_images=batch.infrared_images)
   if batch.visible_images == batch.infrared_images:  # MBCCM's paired positions

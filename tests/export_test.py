@@ -23,14 +23,20 @@ from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
 from vireid_jax.methods.pgm import config as pgm_config
 from vireid_jax.methods.mbccm import config as mbccm_config
 
+from tests import capability_method
+
 PLATFORMS = ('tpu', 'cuda')
 NUM_IMAGES, NUM_CLUSTERS, HEIGHT, WIDTH = 64, 8, 32, 16
+FEATURES = 32  # the tiny network's feature size (width 4 x 8)
+PROBE = 'tests.capability_method'  # the test method that uses every capability
 
 
 def tiny_config(method: str):
   if method == 'pgm':  # PGM's settings add their own fields (methods/pgm/config.py)
     config = pgm_config.pgm_config('sysu')
     config.sampler.visible_images, config.sampler.infrared_images = 8, 16
+  elif method == PROBE:  # a method outside the package, by its module path
+    config = capability_method.probe_config()
   else:
     config = mbccm_config.mbccm_config()
   config.method = method
@@ -62,17 +68,28 @@ def _phases(method, config):
 
 
 def _epoch_inputs(method, config, schedule):
+  """The epoch's plan and memories, through every hook the method has."""
   labels = np.arange(NUM_IMAGES) % NUM_CLUSTERS
   rng = np.random.default_rng(0)
-  centers = rng.normal(size=(NUM_CLUSTERS, 32)).astype(np.float32)
-  clusters = epoch_clustering.EpochClusters(labels, labels, centers, centers)
-  clusters.association, _ = method.associate(config, schedule, clusters, (labels, labels))
+  centers = rng.normal(size=(NUM_CLUSTERS, FEATURES)).astype(np.float32)
+  features = centers[labels] + 0.1 * rng.normal(size=(NUM_IMAGES, FEATURES)).astype(np.float32)
+  epoch_features = methods.EpochFeatures(features, features, features, features)
+  clusters = epoch_clustering.EpochClusters(
+      labels, labels, centers, centers, joint_labels=np.concatenate([labels, labels]),
+      joint_centers=centers)
+  pids = (labels, labels)
+  if method.refine is not None:
+    clusters = methods.call_with_extras(method.refine, config, schedule, clusters, pids,
+                                        features=epoch_features, rng=rng)
+  clusters.association, _ = methods.call_with_extras(
+      method.associate, config, schedule, clusters, pids, features=epoch_features)
   sets = tuple(ImageSet(np.zeros((NUM_IMAGES, 0, 0, 3), np.uint8), labels, labels % 2,
                         np.array([''] * NUM_IMAGES), modality)
                for modality in (VISIBLE, INFRARED))
   plan = method.plan_epoch(config, schedule, clusters, clusters.association, sets, rng)
-  memories = jax.device_get(method.build_memories(config, schedule, clusters,
-                                                  clusters.association))
+  memories = jax.device_get(methods.call_with_extras(
+      method.build_memories, config, schedule, clusters, clusters.association, previous=None,
+      features=epoch_features, rng=rng))
   return plan, memories
 
 
@@ -86,7 +103,7 @@ def _assert_portable(exported: export.Exported, what: str) -> None:
   assert calls <= {'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape'}, (what, calls)
 
 
-@pytest.mark.parametrize('method_name', methods.available())
+@pytest.mark.parametrize('method_name', methods.available() + [PROBE])
 @pytest.mark.parametrize('images_on_device', [True, False])
 def test_every_phase_of_every_method_lowers_for_tpu_and_cuda(method_name, images_on_device):
   config = tiny_config(method_name)
@@ -97,21 +114,24 @@ def test_every_phase_of_every_method_lowers_for_tpu_and_cuda(method_name, images
   state = train_state.abstract_train_state(config, model, mesh)
   for schedule in _phases(method, config):
     plan, memories = _epoch_inputs(method, config, schedule)
-    inputs = train_state.EpochInputs(plan=plan, epoch=np.int32(0), first_step=np.int32(0),
+    arrays = train_state.plan_arrays(methods.as_plan(plan))
+    inputs = train_state.EpochInputs(plan=arrays, epoch=np.int32(0), first_step=np.int32(0),
                                      lr_epoch=np.int32(0))
     inputs = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
                                                             sharding=s),
-                          inputs, train_state.epoch_sharding(mesh))
+                          inputs, train_state.epoch_sharding(mesh, arrays))
     if images_on_device:
-      images = [jax.ShapeDtypeStruct((NUM_IMAGES, HEIGHT, WIDTH, 3), jnp.uint8,
-                                     sharding=replicated)] * 2
+      images = {modality: jax.ShapeDtypeStruct((NUM_IMAGES, HEIGHT, WIDTH, 3), jnp.uint8,
+                                               sharding=replicated)
+                for modality in (VISIBLE, INFRARED)}
     else:
-      images = [jax.ShapeDtypeStruct((index.shape[1], HEIGHT, WIDTH, 3), jnp.uint8,
-                                     sharding=sharding.batch_sharded(mesh))
-                for index in (plan.visible_index, plan.infrared_index)]
+      images = {stream: jax.ShapeDtypeStruct((stream_arrays['index'].shape[1], HEIGHT, WIDTH,
+                                              3), jnp.uint8,
+                                             sharding=sharding.batch_sharded(mesh))
+                for stream, stream_arrays in arrays.items()}
     step = train_state.make_train_step(model, config, mesh, schedule.phase, images_on_device)
     exported = export.export(step, platforms=PLATFORMS)(
-        state, _abstract(memories, replicated), *images, inputs)
+        state, _abstract(memories, replicated), images, inputs)
     _assert_portable(exported, f'{method_name} phase {schedule.phase}')
 
 

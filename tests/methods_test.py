@@ -104,10 +104,11 @@ def test_cluster_contrast_trains_exactly_as_mbccm_stage_1():
     memories = sharding.put_replicated(jax.device_get(
         method.build_memories(config, schedule, clusters, {})), mesh)
     step = train_state.make_train_step(model, config, mesh, schedule.phase)
-    images = [sharding.put_replicated(x, mesh) for x in (visible, infrared)]
+    images = {'visible': sharding.put_replicated(visible, mesh),
+              'infrared': sharding.put_replicated(infrared, mesh)}
     inputs = train_state.put_epoch_inputs(plan, 0, 0, mesh)
     for _ in range(3):
-      state, memories, metrics = step(state, memories, *images, inputs)
+      state, memories, metrics = step(state, memories, images, inputs)
     results.append(jax.device_get((state.params, memories.visible, memories.infrared,
                                    metrics['total'])))
   (params_m, visible_m, infrared_m, loss_m), (params_c, visible_c, infrared_c, loss_c) = results

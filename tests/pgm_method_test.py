@@ -161,13 +161,16 @@ def test_step_is_the_authors_loss_on_the_network_features(epoch, hard):
   inputs = train_state.put_epoch_inputs(plan, epoch, 0, mesh, lr_epoch=schedule.lr_epoch)
   before = jax.device_get(state)
   _, after, metrics = step(state, sharding.put_replicated(memories, mesh),
-                           *(sharding.put_replicated(x, mesh) for x in images), inputs)
+                           {modality: sharding.put_replicated(x, mesh)
+                            for modality, x in zip((VISIBLE, INFRARED), images)}, inputs)
 
   # The same step composed by hand from its parts (each part jitted: run op by op, the
   # colour jitter alone compiles hundreds of small programs).
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch), 0)
-  visible_in, infrared_in = jax.jit(PGM.step_fns(config, schedule.phase).augment)(
-      key, images[0][plan.visible_index[0]], images[1][plan.infrared_index[0]])
+  inputs_of_step = jax.jit(PGM.step_fns(config, schedule.phase).augment)(
+      key, {VISIBLE: images[0][plan.streams[VISIBLE]['index'][0]],
+            INFRARED: images[1][plan.streams[INFRARED]['index'][0]]}, {})
+  visible_in, infrared_in = inputs_of_step[VISIBLE], inputs_of_step[INFRARED]
   forward = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))
   (neck, _), _ = forward({'params': before.params, 'batch_stats': before.batch_stats},
                          visible_in, infrared_in)
@@ -175,7 +178,7 @@ def test_step_is_the_authors_loss_on_the_network_features(epoch, hard):
   maps = ((memories.visible_to_infrared[:num_clusters], memories.infrared_to_visible[:num_clusters])
           if schedule.stage == 2 else (None, None))
   loss, (visible, infrared) = jax.jit(pgm_losses.pgm_losses, static_argnames='hard')(
-      f_visible, f_infrared, plan.visible_label[0], plan.infrared_label[0],
+      f_visible, f_infrared, plan.streams[VISIBLE]["label"][0], plan.streams[INFRARED]["label"][0],
       (memories.visible[:num_clusters], memories.infrared[:num_clusters]), *maps,
       schedule.stage_epoch, hard=hard)
   np.testing.assert_allclose(float(metrics['total']), float(loss), rtol=1e-5)
@@ -191,8 +194,8 @@ def test_infrared_jitter_is_a_stage_1_switch():
   config = tiny_pgm_config(**{'augment.ir_jitter_stage1': True})
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 16, 3), dtype=np.uint8)
   key = jax.random.PRNGKey(3)
-  views = {phase: PGM.step_fns(config, phase).augment(key, images, images)[1]
-           for phase in ((1,), (2, 0))}
+  views = {phase: PGM.step_fns(config, phase).augment(
+      key, {VISIBLE: images, INFRARED: images}, {})[INFRARED] for phase in ((1,), (2, 0))}
   plain = pgm_augment.augment_batch(key, images, images, pgm_augment.augment.AugmentConfig
                                     .from_config(config.augment), (0.5,) * 4, None,
                                     tuple(config.data.mean), tuple(config.data.std))[1]

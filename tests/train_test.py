@@ -102,7 +102,8 @@ def test_sharded_step_equals_single_device_step(stage):
     # Every input is on the devices already: no step may copy anything from the host.
     with jax.transfer_guard('disallow'):
       for _ in range(plan.visible_index.shape[0]):
-        state, memories, metrics = step_fn(state, memories, images_v, images_i, inputs)
+        state, memories, metrics = step_fn(state, memories, {'visible': images_v,
+                                                                'infrared': images_i}, inputs)
     assert int(jax.device_get(state.step)) == plan.visible_index.shape[0]
     assert np.isfinite(float(jax.device_get(metrics['total'])))
     results.append(jax.device_get((state, memories, metrics)))

@@ -68,7 +68,8 @@ def _compiled_step_text(stage: int, loop: str) -> str:
   images = np.zeros((num_images, config.data.image_height, config.data.image_width, 3),
                     np.uint8)
   inputs = train_state.put_epoch_inputs(plan, epoch=0, first_step=0, mesh=mesh)
-  lowered = step_fn.lower(state, memories, images, images, inputs)
+  lowered = step_fn.lower(state, memories, {'visible': images, 'infrared': images},
+                         inputs)
   return lowered.compile(compiler_options=FAST_COMPILE).as_text()
 
 
@@ -120,7 +121,8 @@ def test_every_phase_of_the_other_methods_has_no_host_read_loop(method_name):
                                           label_repeats=repeats)
     images = np.zeros((64, config.data.image_height, config.data.image_width, 3), np.uint8)
     inputs = train_state.put_epoch_inputs(plan, epoch=schedule.epoch, first_step=0, mesh=mesh)
-    text = step_fn.lower(state, memories, images, images, inputs).compile(
+    text = step_fn.lower(state, memories, {'visible': images, 'infrared': images},
+                         inputs).compile(
         compiler_options=FAST_COMPILE).as_text()
     flow = xla_loops.control_flow(text)
     assert [c.op_name for c in flow if c.kind == 'while' and c.trip_count is None] == []

@@ -10,6 +10,9 @@ The primitives every method builds its memories from (SPEC.md step 4; PGM.md "Me
   memory_capacity / pad_rows / normalize_rows   tables padded to a power of two, so the jitted
                                                 step compiles once per capacity, not per cluster
                                                 count; padded rows are masked out of every logit
+  slot_logits(features, table (S, K, C), t)     several slots per cluster (centre + hardest
+                                                sample, sub-centres, ...): (B, S, K) logits,
+                                                each slot a table of the same K clusters
 
 Which tables a method keeps, which features update which table in which order, is the method's
 (e.g. MBCCM's four memories: vireid_jax/methods/mbccm/memories.py).
@@ -100,6 +103,31 @@ def memory_logits(features: jax.Array, centers: jax.Array, temperature: float, *
   if num_valid is not None:
     valid = jnp.arange(centers.shape[0]) < num_valid
     logits = jnp.where(valid[None, :], logits, -jnp.inf)
+  return logits
+
+
+def slot_logits(features: jax.Array, table: jax.Array, temperature: float, *,
+                num_valid: Optional[ArrayLike] = None) -> jax.Array:
+  """Scores of features against a memory of S slots per cluster: (B, S, K) float32.
+
+  Slot s of cluster k is row table[s, k]; each slot is scored as `memory_logits` scores a
+  table (normalised features, no gradient into the table), and columns k >= num_valid of every
+  slot get -inf. A method reduces the slots as it likes: a loss per slot (a centroid slot and a
+  hardest-sample slot), the best slot (`logits.max(axis=1)`), or a log-sum-exp over slots.
+
+  Args:
+    features: (B, C) features.
+    table: (S, K, C) float32 memory, K padded as `pad_rows` pads (zero rows after the real
+      clusters).
+    temperature: the softmax temperature.
+    num_valid: () int, real clusters of every slot; None = all K.
+  """
+  slots, clusters, channels = table.shape
+  logits = memory_logits(features, table.reshape(slots * clusters, channels), temperature)
+  logits = logits.reshape(features.shape[0], slots, clusters)
+  if num_valid is not None:
+    valid = jnp.arange(clusters) < num_valid
+    logits = jnp.where(valid[None, None, :], logits, -jnp.inf)
   return logits
 
 

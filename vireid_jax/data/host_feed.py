@@ -9,37 +9,37 @@ path gathers from the same plan.
 
 import collections
 import concurrent.futures
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 from jax.sharding import Mesh
 
-from vireid_jax import sampling
 from vireid_jax.runtime import sharding
 
 PREFETCH_STEPS = 3
 
 
-def step_batches(visible_images: np.ndarray, infrared_images: np.ndarray,
-                 plan: sampling.EpochPlan, mesh: Mesh,
-                 prefetch: int = PREFETCH_STEPS) -> Iterator[tuple]:
-  """Yields (visible (B,H,W,3), infrared (B,H,W,3)) uint8 batch-sharded arrays, step by step.
+def step_batches(images: Mapping[str, np.ndarray], plan, mesh: Mesh,
+                 prefetch: int = PREFETCH_STEPS) -> Iterator[dict]:
+  """Yields {stream: (B,H,W,3) uint8 batch-sharded array}, step by step.
 
   Args:
-    visible_images, infrared_images: (N, H, W, 3) uint8 host arrays, the same on every process.
-    plan: the epoch's plan (numpy, the same on every process); row s gives step s's images.
+    images: {modality: (N, H, W, 3) uint8 host array}, the same on every process.
+    plan: the epoch's `methods.Plan` (numpy, the same on every process); row s of each
+      stream's 'index' gives step s's images of that stream.
     mesh: the training mesh.
     prefetch: steps prepared ahead of the one being yielded.
   """
 
-  def batch(row: int):
-    return (sharding.gather_rows(visible_images, plan.visible_index[row], mesh),
-            sharding.gather_rows(infrared_images, plan.infrared_index[row], mesh))
+  def batch(row: int) -> dict:
+    return {stream: sharding.gather_rows(images[plan.modality(stream)], arrays['index'][row],
+                                         mesh)
+            for stream, arrays in plan.streams.items()}
 
   with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='host-feed') as pool:
     pending = collections.deque()
     try:
-      for row in range(len(plan.visible_index)):
+      for row in range(plan.steps):
         pending.append(pool.submit(batch, row))
         if len(pending) > prefetch:
           yield pending.popleft().result()

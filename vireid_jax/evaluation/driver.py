@@ -23,12 +23,14 @@ from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
 
+_SELECT_LABEL = {'mAP': 'mAP', 'rank1': 'Rank-1'}
 # Extracts (N, C) normalised features: f(images, modality, description).
 ExtractFn = Callable[[np.ndarray, str, str], np.ndarray]
 
 
 def selection_setting(config: ml_collections.ConfigDict) -> str:
-  """The protocol setting whose mAP picks the best checkpoint."""
+  """The protocol setting whose mAP (or Rank-1: config.eval.select_by) picks the best
+  checkpoint."""
   if config.data.dataset == 'sysu':
     return evaluation.setting_name(config.eval.sysu_mode, config.eval.sysu_shots)
   if config.data.dataset == 'llcm':
@@ -99,14 +101,27 @@ def format_headline(config: ml_collections.ConfigDict, h: dict) -> str:
 BOTH = 'both'  # config.eval.checkpoint: the best and the latest checkpoint, side by side
 
 
-def _restore_variables(config, model, workdir: str, mesh, which: str) -> tuple[dict, dict]:
-  """(variables, record) of checkpoint `which`: 'best', 'latest' or a checkpoint folder."""
+def evaluated_variables(config: ml_collections.ConfigDict, method, epoch: int, state) -> dict:
+  """The network's {'params', 'batch_stats'} that `method` evaluates after `epoch` (0-based;
+  -1 before training): its `eval_variables` choice (e.g. PCLHD's teacher in stage 2), else the
+  trained network."""
+  variables = state.network_variables()
+  if method.eval_variables is None or epoch < 0:
+    return variables
+  return method.eval_variables(config, epoch, variables, state.method_state)
+
+
+def restore_variables(config, model, workdir: str, mesh, which: str) -> tuple[dict, dict]:
+  """(variables, record) of checkpoint `which`: 'best', 'latest' or a checkpoint folder; the
+  variables of the network the method evaluates (`evaluated_variables`)."""
+  from vireid_jax import methods  # pylint: disable=import-outside-toplevel
   abstract = train_state.abstract_train_state(config, model, mesh)
   if which in (checkpoint.BEST, checkpoint.LATEST):
     state, record = checkpoint.restore(workdir, which, abstract)
   else:
     state, record = checkpoint.restore_path(which, abstract)
-  return {'params': state.params, 'batch_stats': state.batch_stats}, record
+  return evaluated_variables(config, methods.for_config(config), record['epoch'] - 1,
+                             state), record
 
 
 def _checkpoints_to_evaluate(config, workdir: str) -> list[str]:
@@ -135,7 +150,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
   mesh = sharding.make_mesh()
   model = models.build_model(config.model)
   # Every checkpoint first: a missing or unreadable one stops before the data is loaded.
-  restored = [(which, *_restore_variables(config, model, workdir, mesh, which))
+  restored = [(which, *restore_variables(config, model, workdir, mesh, which))
               for which in _checkpoints_to_evaluate(config, workdir)]
   test_visible, test_infrared = shared_data.load_test_on_every_process(config.data)
   extract_batch = extract_lib.for_config(model, config)
@@ -188,7 +203,8 @@ def _which_note(config, evaluated: list) -> str:
       if setting in results:
         setting = evaluation.display_name(results[setting])
       notes.append(
-          f'best: after epoch {record["epoch"]}, the highest {setting} mAP of the evaluations '
+          f'best: after epoch {record["epoch"]}, the highest {setting} '
+          f'{_SELECT_LABEL[config.eval.select_by]} of the evaluations '
           f'during training, which use the test set (as the authors\' code does): the best is '
           f'chosen on test data.')
     elif label == checkpoint.LATEST:

@@ -58,7 +58,7 @@ SYNTHETIC_IMAGENET = config_lib.PRETRAINED_SYNTHETIC
 PRETRAIN_VERSION = 1
 # Stand-ins shipped with the code, named as `pretrained_path` names them (the demo configs'
 # settings), made with `python main.py --mode pretrain --config configs/demo.py`.
-SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets')
 # The visible cameras of the synthetic SYSU-MM01; the pretraining population's own seed gives
 # them other scenes than the demo's.
 _VISIBLE_CAMERAS = tuple(cam for cam, camera in synthetic.SYSU_CAMERAS.items()

@@ -30,6 +30,7 @@ BEST = 'best'
 KEEP = {LATEST: 2, BEST: 1}
 UNREADABLE_SUFFIX = '.unreadable'
 SUPERSEDED_SUFFIX = '.superseded'
+MEMORIES = 'memories'  # the item holding the memory tables at the end of the epoch
 
 
 class CheckpointError(RuntimeError):
@@ -86,8 +87,11 @@ def _os_error(error: BaseException) -> Optional[OSError]:
   return None
 
 
-def save(workdir: str, kind: str, epoch: int, state: Any, record: dict) -> None:
-  """Writes `state` (a pytree of arrays) and `record` (JSON-able) as checkpoint `epoch`.
+def save(workdir: str, kind: str, epoch: int, state: Any, record: dict,
+         memories: Any = None) -> None:
+  """Writes `state` (a pytree of arrays) and `record` (JSON-able) as checkpoint `epoch`, and
+  `memories` (a state dict of arrays whose shapes change from epoch to epoch: the method's
+  memory tables at the end of the epoch) when given.
 
   Raises:
     CheckpointError: the write failed for an OS reason (no space, permission, quota); the
@@ -98,9 +102,10 @@ def save(workdir: str, kind: str, epoch: int, state: Any, record: dict) -> None:
   with async_noise.held():
     try:
       with _manager(workdir, kind) as manager:
-        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    record=ocp.args.JsonSave(record)),
-                     force=True)
+        items = dict(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record))
+        if memories and jax.tree_util.tree_leaves(memories):
+          items[MEMORIES] = ocp.args.StandardSave(memories)
+        manager.save(epoch, args=ocp.args.Composite(**items), force=True)
         manager.wait_until_finished()
     except Exception as error:  # pylint: disable=broad-except
       os_error = _os_error(error)
@@ -173,6 +178,28 @@ def restore(workdir: str, kind: str, abstract_state: Any, epoch: int | None = No
       async_noise.explained()
       raise CheckpointUnreadable(folder, _short(error)) from error
   return restored.state, restored.record
+
+
+def read_memories(workdir: str, kind: str, epoch: int, sharding) -> Optional[dict]:
+  """The memory tables checkpoint `kind/epoch` holds, as a state dict of host numpy arrays
+  (restored with `sharding`, then copied to the host), or None when it holds none (every
+  process calls). Raises CheckpointUnreadable."""
+  folder = directory(workdir, kind) / str(epoch)
+  if not (folder / MEMORIES).exists():
+    return None
+  with async_noise.held():
+    try:
+      stored = ocp.StandardCheckpointHandler().metadata(folder / MEMORIES)
+      target = jax.tree.map(
+          lambda meta: jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=sharding),
+          stored, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+      with _manager(workdir, kind) as manager:
+        restored = manager.restore(epoch, args=ocp.args.Composite(
+            **{MEMORIES: ocp.args.StandardRestore(target)}))
+    except Exception as error:  # pylint: disable=broad-except
+      async_noise.explained()
+      raise CheckpointUnreadable(folder, _short(error)) from error
+  return jax.device_get(restored[MEMORIES])
 
 
 def read_record(workdir: str, kind: str, epoch: int) -> dict:

@@ -14,8 +14,8 @@ settings say how a checkpoint was made, not how to read it. A workdir without ch
 not checked: nothing of it is restored, so the config may still change.
 
 A field that the recorded config lacks (written before the field existed) counts as having
-its default of `config.base_config()`: code that lacked the field behaved as that default
-does. A field that the recorded config holds and this config lacks (removed since) is not
+its default (the method's config function, else `config.base_config()`): code that lacked the
+field behaved as that default does. A field that the recorded config holds and this config lacks (removed since) is not
 compared: no setting reads it any more (and a checkpoint that then no longer fits is named as
 such by checkpoint.restore, never treated as damaged).
 """
@@ -74,6 +74,8 @@ FREE = (
 EVAL_COMPARED = (
     'method',
     'model',
+    # Which network a checkpoint evaluates may follow the stages (PCLHD: stage 2's teacher).
+    'schedule.stage2_start',
     'data.dataset',
     'data.layout',
     'data.synthetic',
@@ -217,6 +219,14 @@ def _candidates(workdir: str, kinds: tuple[str, ...]) -> list[tuple[str, int]]:
           for epoch in reversed(checkpoint.epochs(workdir, kind))]
 
 
+def _defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Every setting's default for this config's method: its own config function where it has
+  one (methods.Method.default_config), else the core's `base_config()`."""
+  from vireid_jax import methods  # pylint: disable=import-outside-toplevel  (methods import config)
+  method = methods.for_config(config)
+  return method.default_config() if method.default_config else config_lib.base_config()
+
+
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
                          mode: str = 'train') -> None:
   """Stops when `config` differs from the config that the workdir's checkpoints were written
@@ -252,6 +262,6 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
   saved = saved_config(workdir, candidates)
   if saved is None:
     return  # nothing recorded: checkpoint.restore still checks every array's shape
-  found = differences(saved[0], _as_json(config), _as_json(config_lib.base_config()), mode)
+  found = differences(saved[0], _as_json(config), _as_json(_defaults(config)), mode)
   if found:
     raise WorkdirConfigMismatch(mismatch_message(workdir, saved[1], found, mode))

@@ -22,11 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from vireid_jax import augment
-from vireid_jax.methods.mbccm import views as mbccm_views
 from vireid_jax import memory as memory_lib
 from vireid_jax import methods
 from vireid_jax import sampling
+from vireid_jax.data.types import INFRARED, VISIBLE
 from vireid_jax.losses import cross_entropy
+from vireid_jax.methods.mbccm import views as mbccm_views
 
 
 @flax.struct.dataclass
@@ -59,11 +60,6 @@ def schedule(config, epoch: int) -> methods.EpochSchedule:
       evaluate=(epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs)
 
 
-def associate(config, schedule, clusters, pids):
-  del config, schedule, clusters, pids
-  return {}, {}  # no cross-modality association: that is the point of the baseline
-
-
 def build_memories(config, schedule, clusters, arrays) -> Memories:
   del config, schedule, arrays
   tables = []
@@ -75,49 +71,58 @@ def build_memories(config, schedule, clusters, arrays) -> Memories:
                   num_infrared=jnp.int32(len(clusters.infrared_centers)))
 
 
-def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.EpochPlan:
+def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> methods.Plan:
   del schedule, arrays, train_sets
   s = config.sampler
-  return sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
+  plan = sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
                               s.steps_per_epoch, s.clusters_per_step, s.instances_per_cluster,
                               rng)
+  return methods.Plan.of(plan, repeat_unit=s.instances_per_cluster)
 
 
 def step_fns(config, phase, label_repeats=None) -> methods.StepFns:
   """The step's pieces; `label_repeats` bounds the by-rank memory rounds (None = N)."""
   del phase  # one phase
   method = config.memory.update_method
-  bound = lambda modality, copies: memory_lib.rounds_bound(
-      None if label_repeats is None else label_repeats[modality], copies)
+  bound = lambda stream, copies: memory_lib.rounds_bound(
+      None if label_repeats is None else label_repeats[stream], copies)
   aug_cfg = augment.AugmentConfig.from_config(config.augment)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   temperature, momentum = config.memory.temperature, config.memory.momentum
 
-  def augment_fn(rng, visible, infrared):
-    view_a, view_b, infrared_view = mbccm_views.augment_batch(rng, visible, infrared, aug_cfg,
-                                                          mean, std)
-    return jnp.concatenate([view_a, view_b]), infrared_view
+  def augment_fn(rng, images, batch):  # MBCCM's three views (methods/mbccm/views.py)
+    del batch
+    view_a, view_b, infrared_view = mbccm_views.augment_batch(
+        rng, images[VISIBLE], images[INFRARED], aug_cfg, mean, std)
+    return {VISIBLE: jnp.concatenate([view_a, view_b]), INFRARED: infrared_view}
 
-  def loss_fn(f_visible, f_infrared, y_v, y_i, memories):
+  def loss_fn(outputs, batch, memories, ctx):
+    del ctx
+    y_v, y_i = batch[VISIBLE]['label'], batch[INFRARED]['label']
     visible_logits = lambda f: memory_lib.memory_logits(f, memories.visible, temperature,
                                                         num_valid=memories.num_visible)
-    f_a, f_b = jnp.split(f_visible, 2)  # rows [view A; view B] of the same images
+    # rows [view A; view B] of the same images
+    f_a, f_b = jnp.split(outputs[VISIBLE]['neck'], 2)
     visible_loss = (cross_entropy(visible_logits(f_a), y_v)
                     + cross_entropy(visible_logits(f_b), y_v))
     infrared_loss = cross_entropy(memory_lib.memory_logits(
-        f_infrared, memories.infrared, temperature, num_valid=memories.num_infrared), y_i)
+        outputs[INFRARED]['neck'], memories.infrared, temperature,
+        num_valid=memories.num_infrared), y_i)
     return visible_loss + infrared_loss, {'visible': visible_loss, 'infrared': infrared_loss}
 
-  def update_fn(memories, f_visible, f_infrared, y_v, y_i):
-    f_a, f_b = jnp.split(f_visible, 2)
+  def update_fn(memories, outputs, batch, ctx):
+    del ctx
+    y_v, y_i = batch[VISIBLE]['label'], batch[INFRARED]['label']
+    f_a, f_b = jnp.split(outputs[VISIBLE]['neck'], 2)
     visible = memory_lib.update_memory(memories.visible, jnp.concatenate([f_b, f_a]),
                                        jnp.concatenate([y_v, y_v]), momentum, method=method,
-                                       max_rounds=bound(0, 2))
-    infrared = memory_lib.update_memory(memories.infrared, f_infrared, y_i, momentum,
-                                        method=method, max_rounds=bound(1, 1))
+                                       max_rounds=bound(VISIBLE, 2))
+    infrared = memory_lib.update_memory(memories.infrared, outputs[INFRARED]['neck'], y_i,
+                                        momentum, method=method, max_rounds=bound(INFRARED, 1))
     return memories.replace(visible=visible, infrared=infrared)
 
-  return methods.StepFns(augment=augment_fn, loss=loss_fn, update_memories=update_fn)
+  return methods.StepFns(augment=augment_fn,
+                         updates=(methods.Update(loss=loss_fn, update_memories=update_fn),))
 
 
 METHOD = methods.Method(
@@ -125,7 +130,6 @@ METHOD = methods.Method(
     validate=validate,
     batch_sizes=batch_sizes,
     schedule=schedule,
-    associate=associate,
     build_memories=build_memories,
     plan_epoch=plan_epoch,
     step_fns=step_fns,

@@ -1,33 +1,37 @@
-"""MBCCM: bilateral cross-modality cluster matching (ACM MM 2023), as ../shared/SPEC.md gives it.
+"""MBCCM: bilateral cross-modality cluster matching (ACM MM 2023), as docs/mbccm.md gives it.
 
 Two stages in one run, one optimiser state throughout: epochs before `schedule.stage2_start`
 train each modality against its own memory (stage 1); from there, matched cluster pairs
 (`association.associate`, every epoch) make paired batches, and two modality-agnostic memories
 and a consistency term join the loss (stage 2).
 
+  matching    bilateral cluster matching of the two modalities' centres (matching.py,
+              association.py)
   memories    M_v, M_i, M_vi, M_iv from the centres (memories.py), updated in the reference's
               order after every step
   sampler     12 clusters x 12 images per modality; stage 2 pairs position i of both
-              modalities through the match mask (vireid_jax/sampling.py)
-  augment     visible views A (multiplicative rectangles) and B (one channel), infrared
-              (vireid_jax/augment.py)
+              modalities through the match mask (sampler.py; stage 1: the core's sampling.py)
+  views       visible views A (multiplicative rectangles) and B (one channel), infrared
+              (views.py, from the core's augmentation ops)
   losses      L_ms; + alpha L_ma + beta L_cc in stage 2 (losses.py)
+Settings per dataset: config.py (configs/sysu.py, regdb.py, llcm.py, demo.py).
 """
 
 import jax.numpy as jnp
 import numpy as np
 
 from vireid_jax import augment
-from vireid_jax.methods.mbccm import views as mbccm_views
 from vireid_jax import memory as memory_lib
 from vireid_jax import methods
 from vireid_jax import sampling
-from vireid_jax.methods.mbccm import sampler
 from vireid_jax.config import ConfigError
+from vireid_jax.data.types import INFRARED, VISIBLE
 from vireid_jax.methods.mbccm import association
+from vireid_jax.methods.mbccm import config as mbccm_config
 from vireid_jax.methods.mbccm import losses
 from vireid_jax.methods.mbccm import memories as memories_lib
-
+from vireid_jax.methods.mbccm import sampler
+from vireid_jax.methods.mbccm import views as mbccm_views
 
 SETTINGS = ('memory.temperature', 'memory.momentum', 'loss', 'sampler', 'augment',
             'schedule.stage2_start', 'schedule.eval_every')
@@ -70,17 +74,19 @@ def build_memories(config, schedule, clusters, arrays) -> memories_lib.Memories:
       num_visible=num_v, num_infrared=num_i)
 
 
-def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> sampling.EpochPlan:
+def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> methods.Plan:
   """Independent identity batches in stage 1, matched pairs in stage 2."""
   del train_sets
   s = config.sampler
   if schedule.stage == 1:
-    return sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
+    plan = sampling.stage1_plan(clusters.visible_labels, clusters.infrared_labels,
                                 s.steps_per_epoch, s.clusters_per_step,
                                 s.instances_per_cluster, rng)
-  return sampler.stage2_plan(clusters.visible_labels, clusters.infrared_labels,
-                              arrays['match_mask'], s.steps_per_epoch, s.clusters_per_step,
-                              s.instances_per_cluster, rng)
+  else:
+    plan = sampler.stage2_plan(clusters.visible_labels, clusters.infrared_labels,
+                               arrays['match_mask'], s.steps_per_epoch, s.clusters_per_step,
+                               s.instances_per_cluster, rng)
+  return methods.Plan.of(plan, repeat_unit=s.instances_per_cluster)
 
 
 def step_fns(config, stage: int, label_repeats=None) -> methods.StepFns:
@@ -92,20 +98,25 @@ def step_fns(config, stage: int, label_repeats=None) -> methods.StepFns:
   aug_cfg = augment.AugmentConfig.from_config(config.augment)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   temperature = config.memory.temperature
-  repeats = None if label_repeats is None else max(label_repeats)
+  repeats = None if label_repeats is None else max(label_repeats[VISIBLE],
+                                                   label_repeats[INFRARED])
   memory_update = dict(method=config.memory.update_method, label_repeats=repeats)
   reference_gradients = dict(
       reference_memory_gradients=config.loss.reference_memory_gradients,
       momentum=config.memory.momentum, memory_update=config.memory.update_method,
       label_repeats=repeats)
 
-  def augment_fn(rng, visible, infrared):
-    view_a, view_b, infrared_view = mbccm_views.augment_batch(rng, visible, infrared, aug_cfg,
-                                                          mean, std)
-    return jnp.concatenate([view_a, view_b]), infrared_view
+  def augment_fn(rng, images, batch):
+    del batch
+    view_a, view_b, infrared_view = mbccm_views.augment_batch(
+        rng, images[VISIBLE], images[INFRARED], aug_cfg, mean, std)
+    return {VISIBLE: jnp.concatenate([view_a, view_b]), INFRARED: infrared_view}
 
-  def loss_fn(f_visible, f_infrared, y_v, y_i, memories):
-    f_a, f_b = jnp.split(f_visible, 2)
+  def loss_fn(outputs, batch, memories, ctx):
+    del ctx
+    f_a, f_b = jnp.split(outputs[VISIBLE]['neck'], 2)
+    f_infrared = outputs[INFRARED]['neck']
+    y_v, y_i = batch[VISIBLE]['label'], batch[INFRARED]['label']
     if stage == 1:
       return losses.stage1_loss(f_a, f_b, f_infrared, y_v, y_i, memories, temperature,
                                 **reference_gradients)
@@ -114,15 +125,19 @@ def step_fns(config, stage: int, label_repeats=None) -> methods.StepFns:
         config.loss.beta, unnormalized_cross_logits=config.loss.unnormalized_cross_logits,
         kl_clamp=config.loss.kl_clamp, **reference_gradients)
 
-  def update_fn(memories, f_visible, f_infrared, y_v, y_i):
+  def update_fn(memories, outputs, batch, ctx):
     # The reference updates the memories in its backward pass, after every logit of the step
     # was computed with the old tables: updating after the loss gives the same tables (the
     # gradients it saw from partly updated tables are reference_memory_gradients' business).
-    f_a, f_b = jnp.split(f_visible, 2)
-    return memories_lib.update_memories(memories, f_a, f_b, f_infrared, y_v, y_i, stage=stage,
-                                        momentum=config.memory.momentum, **memory_update)
+    del ctx
+    f_a, f_b = jnp.split(outputs[VISIBLE]['neck'], 2)
+    return memories_lib.update_memories(
+        memories, f_a, f_b, outputs[INFRARED]['neck'], batch[VISIBLE]['label'],
+        batch[INFRARED]['label'], stage=stage, momentum=config.memory.momentum,
+        **memory_update)
 
-  return methods.StepFns(augment=augment_fn, loss=loss_fn, update_memories=update_fn)
+  return methods.StepFns(augment=augment_fn,
+                         updates=(methods.Update(loss=loss_fn, update_memories=update_fn),))
 
 
 def _epoch_line(entry) -> str:
@@ -138,6 +153,7 @@ def _epoch_line(entry) -> str:
 
 METHOD = methods.Method(
     name='mbccm',
+    default_config=mbccm_config.mbccm_config,
     validate=validate,
     batch_sizes=batch_sizes,
     schedule=schedule,

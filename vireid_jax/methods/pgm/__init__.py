@@ -1,6 +1,6 @@
 """PGM: progressive graph matching and alternate cross contrastive learning (CVPR 2023).
 
-As ../shared/PGM.md gives it, from the authors' code (zesenwu23/USL-VI-ReID). Two stages, each
+As docs/pgm.md gives it, from the authors' code (zesenwu23/USL-VI-ReID). Two stages, each
 a training run of its own: stage 1 trains each modality against its own cluster memory; stage 2
 restarts from stage 1's best checkpoint with a new Adam and step schedule and adds, every epoch,
 PGM (Hungarian matching of the two modalities' cluster centres, `association.py`) and ACCL (a
@@ -25,8 +25,10 @@ from vireid_jax import augment as augment_lib
 from vireid_jax import memory as memory_lib
 from vireid_jax import methods
 from vireid_jax.config import ConfigError
+from vireid_jax.data.types import INFRARED, VISIBLE
 from vireid_jax.methods.pgm import association
 from vireid_jax.methods.pgm import augment
+from vireid_jax.methods.pgm import config as pgm_config
 from vireid_jax.methods.pgm import losses
 from vireid_jax.methods.pgm import sampler
 
@@ -111,19 +113,20 @@ def build_memories(config, schedule, clusters, arrays) -> Memories:
       visible_to_infrared=jnp.asarray(maps[0]), infrared_to_visible=jnp.asarray(maps[1]))
 
 
-def plan_epoch(config, schedule, clusters, arrays, train_sets, rng):
+def plan_epoch(config, schedule, clusters, arrays, train_sets, rng) -> methods.Plan:
   """Each modality's camera-aware passes, drawn independently."""
   del arrays
   visible_set, infrared_set = train_sets
   s = config.sampler
   try:
-    return sampler.plan_epoch(
+    plan = sampler.plan_epoch(
         clusters.visible_labels, visible_set.cams, clusters.infrared_labels, infrared_set.cams,
         s.steps_per_epoch, rng, visible_batch=s.visible_images,
         infrared_batch=s.infrared_images, num_instances=s.instances_per_cluster)
   except sampler.PassTooShort as error:  # the authors' loader dies with StopIteration here
     raise methods.MethodStop(f'epoch {schedule.epoch + 1}: {error} (config.sampler.'
                              f'visible_images / infrared_images).') from error
+  return methods.Plan.of(plan, repeat_unit=s.instances_per_cluster)
 
 
 def step_fns(config, phase, label_repeats=None) -> methods.StepFns:
@@ -140,31 +143,38 @@ def step_fns(config, phase, label_repeats=None) -> methods.StepFns:
                  temperature=config.memory.temperature, momentum=config.memory.momentum,
                  cross_weight=config.pgm.cross_weight,
                  update_method=config.memory.update_method,
-                 label_repeats=None if label_repeats is None else tuple(label_repeats))
+                 label_repeats=None if label_repeats is None else (label_repeats[VISIBLE],
+                                                                   label_repeats[INFRARED]))
 
-  def augment_fn(rng, visible, infrared):
-    return augment.augment_batch(rng, visible, infrared, aug_cfg, jitter, infrared_jitter,
-                                 mean, std)
+  def augment_fn(rng, images, batch):
+    del batch
+    visible, infrared = augment.augment_batch(rng, images[VISIBLE], images[INFRARED], aug_cfg,
+                                              jitter, infrared_jitter, mean, std)
+    return {VISIBLE: visible, INFRARED: infrared}
 
-  def terms(f_visible, f_infrared, y_v, y_i, memories):
+  def terms(outputs, batch, memories):
     maps = ((memories.visible_to_infrared, memories.infrared_to_visible) if stage == 2
             else (None, None))
     return losses.pgm_loss_terms(
-        f_visible, f_infrared, y_v, y_i, (memories.visible, memories.infrared), *maps,
+        outputs[VISIBLE]['neck'], outputs[INFRARED]['neck'], batch[VISIBLE]['label'],
+        batch[INFRARED]['label'], (memories.visible, memories.infrared), *maps,
         parity if parity is not None else 0, num_visible=memories.num_visible,
         num_infrared=memories.num_infrared, **options)
 
-  def loss_fn(f_visible, f_infrared, y_v, y_i, memories):
-    metrics, _ = terms(f_visible, f_infrared, y_v, y_i, memories)
+  def loss_fn(outputs, batch, memories, ctx):
+    del ctx
+    metrics, _ = terms(outputs, batch, memories)
     return metrics['total'], {k: v for k, v in metrics.items() if k != 'total'}
 
-  def update_fn(memories, f_visible, f_infrared, y_v, y_i):
+  def update_fn(memories, outputs, batch, ctx):
     # The same function as the loss: the tables after the authors' backward pass (the losses
     # computed again here are unused and compiled away).
-    _, (visible, infrared) = terms(f_visible, f_infrared, y_v, y_i, memories)
+    del ctx
+    _, (visible, infrared) = terms(outputs, batch, memories)
     return memories.replace(visible=visible, infrared=infrared)
 
-  return methods.StepFns(augment=augment_fn, loss=loss_fn, update_memories=update_fn)
+  return methods.StepFns(augment=augment_fn,
+                         updates=(methods.Update(loss=loss_fn, update_memories=update_fn),))
 
 
 def _epoch_line(entry) -> str:
@@ -181,6 +191,7 @@ def _epoch_line(entry) -> str:
 
 METHOD = methods.Method(
     name='pgm',
+    default_config=pgm_config.pgm_config,
     validate=validate,
     batch_sizes=batch_sizes,
     schedule=schedule,
