@@ -104,10 +104,14 @@ def joint_clusters(features: np.ndarray, is_infrared: np.ndarray,
     raise ValueError('labels must number the clusters 0..K-1 without gaps')
   means, counts = [], []
   for rows in (member & ~is_infrared, member & is_infrared):  # visible, infrared
+    rows = np.flatnonzero(rows)
     count = np.bincount(labels[rows], minlength=num_clusters)
-    total = np.zeros((num_clusters, features.shape[1]), np.float64)
-    np.add.at(total, labels[rows], features[rows])
-    means.append((total / np.maximum(count, 1)[:, None]).astype(np.float32))
+    # A (K, N) membership matrix sums the members without an (N, C) temporary.
+    membership = scipy.sparse.csr_matrix(
+        (np.ones(len(rows), np.float32), (labels[rows], rows)),
+        shape=(num_clusters, len(features)))
+    means.append(np.asarray(membership @ features, np.float32)
+                 / np.maximum(count, 1).astype(np.float32)[:, None])
     counts.append(count)
   (visible, infrared), (num_visible, num_infrared) = means, counts
   mixed = (num_visible > 0) & (num_infrared > 0)
