@@ -7,8 +7,6 @@ the same two losses and logged terms, the same four feature gradients and the sa
 tables. Stage 1 (trainers.py:77-82) likewise, with hybrid and with centroid memories.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +19,6 @@ import pclhd_reference  # pylint: disable=g-import-not-at-top
 
 from vireid_jax.methods.pclhd import association  # pylint: disable=g-import-not-at-top
 from vireid_jax.methods.pclhd import losses  # pylint: disable=g-import-not-at-top
-from vireid_jax.methods.pclhd import memory  # pylint: disable=g-import-not-at-top
 
 DIM = 32
 INSTANCES = 16
