@@ -8,7 +8,9 @@ without an N x N array:
      round(k1 / 2) + 1 columns;
   3. expansion E(i) = K(i) plus every H(j), j in K(i), with |H(j) & K(i)| > 2/3 |H(j)|;
   4. V[i, E(i)] = softmax(-(2 - 2 x_i.x_j)) over E(i);
-  5. local query expansion: V_qe[i] = mean of V over the first k2 table rows of i (self too);
+  5. local query expansion: V_qe[i] = mean of V over the first k2 table rows of i (self too),
+     or another weighted sum of those rows (`expansion_weights`, e.g. PCLHD's per-modality
+     means: vireid_jax/methods/pclhd/clustering.py);
   6. d(i, j) = 1 - m / (2 - m), m = sum_c min(V_qe[i, c], V_qe[j, c]), clipped at 0.
 Steps 2 and 5 are numpy/scipy array algebra; 3-4 and the min-sum of 6 (over the inverted
 index, upper triangle only, then mirrored) are compiled loops in `kernels.py`.
@@ -21,6 +23,8 @@ Two readings of the features (`rank_by`):
     softmax(-(2 - 2 x.y)) although they are not unit vectors (FR:81-85), exactly as the
     reference does with PGM's un-renormalised flip-averaged features (PGM.md quirk 6).
 """
+
+from typing import Callable, Optional
 
 import numba
 import numpy as np
@@ -50,9 +54,14 @@ def reciprocal_mask(neighbor_index: np.ndarray, columns: int) -> np.ndarray:
   return mask
 
 
+# (N, k2) int32 expansion index -> (N, k2) float32 weights of those rows of V (see step 5).
+ExpansionWeights = Callable[[np.ndarray], np.ndarray]
+
+
 def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6,
-                     max_distance: float = 1.0,
-                     rank_by: str = 'dot') -> scipy.sparse.csr_matrix:
+                     max_distance: float = 1.0, rank_by: str = 'dot',
+                     expansion_weights: Optional[ExpansionWeights] = None
+                     ) -> scipy.sparse.csr_matrix:
   """The k-reciprocal Jaccard distance of every pair within max_distance.
 
   Args:
@@ -63,6 +72,10 @@ def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6,
     max_distance: keep pairs at most this far; DBSCAN needs only its eps (much sparser).
     rank_by: 'dot' (MBCCM: unit rows, neighbours by dot product) or 'l2' (PGM: rows as given,
       neighbours by true squared L2, weights from their raw dot products); see the module doc.
+    expansion_weights: None = the mean of the k2 rows (the published query expansion);
+      otherwise a function of the (N, k2') int32 expansion index (the first k2' = min(k2, k)
+      table columns, self first) returning the (N, k2') float32 weight of each of those rows
+      of V in V_qe.
 
   Returns:
     (N, N) float32 csr_matrix, symmetric, sorted rows. Every pair at distance <= max_distance
@@ -78,19 +91,21 @@ def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6,
   neighbor_index, neighbor_similarities = neighbors.nearest_neighbors(features, k,
                                                                       rank_by=rank_by)
   return jaccard_from_neighbors(features, neighbor_index, neighbor_similarities, k1, k2,
-                                max_distance)
+                                max_distance, expansion_weights=expansion_weights)
 
 
 def jaccard_from_neighbors(features: np.ndarray, neighbor_index: np.ndarray,
                            neighbor_similarities: np.ndarray, k1: int, k2: int,
-                           max_distance: float = 1.0) -> scipy.sparse.csr_matrix:
+                           max_distance: float = 1.0,
+                           expansion_weights: Optional[ExpansionWeights] = None
+                           ) -> scipy.sparse.csr_matrix:
   """`jaccard_distance` from a precomputed neighbour table (steps 2-6).
 
   Args:
     features: (N, D) float32 whose raw dot products give the weights (unit rows for MBCCM).
     neighbor_index: (N, k) int table from `nearest_neighbors`, k = min(k1, N).
     neighbor_similarities: (N, k) float32 dot products of the table entries.
-    k1, k2, max_distance: as in `jaccard_distance`.
+    k1, k2, max_distance, expansion_weights: as in `jaccard_distance`.
   """
   features = np.ascontiguousarray(features, dtype=np.float32)
   neighbor_index = np.ascontiguousarray(neighbor_index, dtype=np.int32)
@@ -103,7 +118,14 @@ def jaccard_from_neighbors(features: np.ndarray, neighbor_index: np.ndarray,
       features, neighbor_index, np.ascontiguousarray(neighbor_similarities, np.float32),
       reciprocal, half_reciprocal)
   weights = scipy.sparse.csr_matrix((data, indices, indptr), shape=(n, n))
-  weights = _query_expansion(weights, neighbor_index[:, :min(k2, k)])
+  expansion_index = neighbor_index[:, :min(k2, k)]
+  row_weights = None
+  if expansion_weights is not None:
+    row_weights = np.asarray(expansion_weights(expansion_index), np.float32)
+    if row_weights.shape != expansion_index.shape:
+      raise ValueError(f'expansion_weights returned shape {row_weights.shape}, expected '
+                       f'{expansion_index.shape} (one weight per expansion row)')
+  weights = _query_expansion(weights, expansion_index, row_weights)
   return _min_sum_distance(weights, max_distance)
 
 
@@ -126,13 +148,15 @@ def _checked_features(features: np.ndarray, unit_rows: bool = True) -> np.ndarra
   return features
 
 
-def _query_expansion(weights: scipy.sparse.csr_matrix,
-                     expansion_index: np.ndarray) -> scipy.sparse.csr_matrix:
-  """V_qe = Q V, Q[i, r] = 1 / k2 for the first k2 table entries r of row i."""
+def _query_expansion(weights: scipy.sparse.csr_matrix, expansion_index: np.ndarray,
+                     row_weights: Optional[np.ndarray] = None) -> scipy.sparse.csr_matrix:
+  """V_qe = Q V, Q[i, r] = 1 / k2 (or row_weights[i, c]) for the first k2 table entries r of
+  row i (entry c)."""
   n, k2 = expansion_index.shape
+  data = (np.full(n * k2, 1.0 / k2, np.float32) if row_weights is None
+          else row_weights.ravel())
   averaging = scipy.sparse.csr_matrix(
-      (np.full(n * k2, 1.0 / k2, np.float32), expansion_index.ravel(),
-       np.arange(0, n * k2 + 1, k2)), shape=(n, n))
+      (data, expansion_index.ravel(), np.arange(0, n * k2 + 1, k2)), shape=(n, n))
   expanded = (averaging @ weights).tocsr()
   expanded.sort_indices()
   return expanded
