@@ -257,7 +257,7 @@ class Trainer:
     try:
       clusters = epoch_clustering.shared_cluster_epoch(
           config, features.visible, features.infrared, *pids, associate=associate,
-          method=self.method, refine=refine)
+          method=self.method, refine=refine, schedule=schedule)
     except clustering.NoClustersError as error:
       if config.cluster.on_no_clusters == 'stop':
         raise NoClustersStop(

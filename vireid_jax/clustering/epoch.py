@@ -83,8 +83,10 @@ def _joint_clusters(config, method: methods.Method, visible_features, infrared_f
 
 
 def cluster_epoch(config, visible_features, infrared_features, visible_pids,
-                  infrared_pids, method: Optional[methods.Method] = None) -> EpochClusters:
-  """Jaccard + DBSCAN per modality (and jointly, when `method` asks); raises NoClustersError.
+                  infrared_pids, method: Optional[methods.Method] = None,
+                  schedule: Optional[methods.EpochSchedule] = None) -> EpochClusters:
+  """Jaccard + DBSCAN per modality (and jointly, when `method` asks for it in the epoch of
+  `schedule`); raises NoClustersError.
 
   With `config.cluster.oracle` the true identities are the clusters (an upper bound for
   studies).
@@ -93,7 +95,12 @@ def cluster_epoch(config, visible_features, infrared_features, visible_pids,
   spec = method.clustering if method is not None else methods.Clustering()
   joint_labels = joint_centers = None
   stats = {}
-  if spec.joint_distance is not None:
+  joint = spec.joint_distance is not None and (
+      spec.joint_when is None or schedule is None or spec.joint_when(config, schedule))
+  if not spec.per_modality and not joint:
+    raise ValueError('methods.Clustering(per_modality=False) needs a joint clustering in every '
+                     'epoch (joint_distance, and joint_when true)')
+  if joint:
     joint_labels, joint_centers, stats = _joint_clusters(
         config, method, visible_features, infrared_features, visible_pids, infrared_pids)
   labels, centers = {}, {}
@@ -125,7 +132,8 @@ Refine = Callable[[EpochClusters], EpochClusters]
 def shared_cluster_epoch(config, visible_features, infrared_features, visible_pids,
                          infrared_pids, associate: Optional[Associate] = None,
                          method: Optional[methods.Method] = None,
-                         refine: Optional[Refine] = None) -> EpochClusters:
+                         refine: Optional[Refine] = None,
+                         schedule: Optional[methods.EpochSchedule] = None) -> EpochClusters:
   """`cluster_epoch`, `refine` and `associate` on process 0, shared with every process (called
   by all).
 
@@ -138,7 +146,7 @@ def shared_cluster_epoch(config, visible_features, infrared_features, visible_pi
 
   def on_main() -> EpochClusters:
     clusters = cluster_epoch(config, visible_features, infrared_features, visible_pids,
-                             infrared_pids, method=method)
+                             infrared_pids, method=method, schedule=schedule)
     if refine is not None:
       clusters = refine(clusters)
     if associate is not None:

@@ -244,6 +244,8 @@ class Clustering:
       `joint_eps` (None: config.cluster.eps) and config.cluster.min_samples into
       `EpochClusters.joint_labels`; None: no joint clustering.
     joint_eps: (config) -> eps of the joint DBSCAN; None for config.cluster.eps.
+    joint_when: (config, schedule) -> bool: the epochs that cluster jointly (PCLHD: stage 2
+      only); None: every epoch.
     evaluated_features: (config, schedule) -> bool: also extract the training images with the
       network the method evaluates (`eval_variables`, e.g. a teacher), passed to the epoch
       hooks as `features.eval_visible` / `features.eval_infrared`.
@@ -251,6 +253,7 @@ class Clustering:
   per_modality: bool = True
   joint_distance: Optional[Callable[..., Any]] = None
   joint_eps: Optional[Callable[[ml_collections.ConfigDict], float]] = None
+  joint_when: Optional[Callable[..., bool]] = None
   evaluated_features: Optional[Callable[..., bool]] = None
 
 

@@ -19,6 +19,7 @@ The numerical pieces, pure functions each equal to the authors' code:
   association   `pclhd_match`, the SYSU and RegDB matching variants
   teacher       `ema_update`, the teacher's parameter EMA
   config        `pclhd_config(dataset)`, every setting with its source
-
-This package has no `METHOD` yet: wiring it into training is separate work.
+  method        the schedule, the epoch hooks and the step on the core's interface (`METHOD`)
 """
+
+from vireid_jax.methods.pclhd.method import METHOD  # noqa: F401
