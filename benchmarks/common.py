@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# SYSU-MM01 training split (SPEC.md: Data): images per modality, identities.
+# SYSU-MM01 training split (docs/mbccm.md, "Data"): images per modality, identities.
 SYSU_VISIBLE = 22258
 SYSU_INFRARED = 11909
 SYSU_IDENTITIES = 395

@@ -9,8 +9,9 @@ M_vi and M_iv <- 432 each). Labels have the step's structure: `--clusters` disti
 each `--instances` times per modality, and the by-rank form gets the static bound the trainer
 computes from such a plan (`memory.label_repeats`: `label_repeats` = 12 at the defaults), so
 it runs 24 + 12 (stage 1) and also 36 + 36 (stage 2) rounds, trip counts XLA knows. The
-reference spends ~205 ms of its stage-2 step here (SPEC.md); the target is < 1 ms. `auto` (the
-trainer's default) picks the form named in the `auto_method` key.
+reference spends ~205 ms of its stage-2 step here (docs/mbccm.md, "Speed the reference
+reaches"); the target is < 1 ms. `auto` (the trainer's default) picks the form named in the
+`auto_method` key.
 """
 
 import argparse

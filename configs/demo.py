@@ -14,7 +14,8 @@ curves.png into the workdir. Same code path as configs/sysu.py.
 What still differs from the paper, and why:
   * sizes: image, network (basic blocks, one per layer, width 16), batch (8 clusters x 4
     images), 24 epochs of 30 steps: what a 2-core CPU runs in minutes (16 epochs could not
-    tell PGM from the single-modality baseline beyond seed noise, 24 can: docs/mbccm.md);
+    tell PGM from the single-modality baseline beyond seed noise, 24 can: docs/mbccm.md,
+    "Ablation");
   * the initialisation: a classifier of synthetic people instead of ImageNet (nothing can be
     downloaded here), pretrained with layer4 at stride 1 (ImageNet ResNets use 2 and MBCCM
     switches to 1 after loading; at 64x32 a stride-2 layer4 sees a 2x1 map whose statistics do
@@ -26,8 +27,8 @@ What still differs from the paper, and why:
   * learning rate 1e-3 and no multiplicative rectangles (linear_transform_prob 0): in single
     runs from an earlier stand-in, the paper's 3.5e-4 and 0.8 gave lower mAP at 16 short
     epochs; not re-measured over seeds. The rate drops tenfold for the last 4 epochs.
-What it reaches, as means over training seeds, and how long it takes: docs/mbccm.md ("The demo,
-and what it reaches").
+What it reaches, as means over training seeds, and how long it takes: docs/mbccm.md, "The demo,
+and what it reaches".
 --config.cluster.oracle=True gives the supervised bound of the same budget.
 """
 

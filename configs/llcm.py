@@ -12,7 +12,8 @@ MBCCM publishes no LLCM result, so there is nothing to reproduce; the paper's SY
 settings are used throughout, as peer unsupervised codebases do. Where each LLCM value comes
 from:
   * data.dataset = 'llcm': the reader of vireid_jax/data/llcm.py (the LLCM authors' layout);
-    images resized to SPEC.md's 288x144 (the LLCM authors' supervised DEEN uses 384x144);
+    images resized to MBCCM's 288x144 (docs/mbccm.md, "Data"; the LLCM authors' supervised
+    DEEN uses 384x144);
   * cluster.eps = 0.6 and sampler.steps_per_epoch = 300: SYSU-MM01's, unchanged. No MBCCM
     value for LLCM exists; its training set (713 identities, 9 cameras, about two thirds of
     its 46.7k images) is closer in size and camera count to SYSU-MM01's (395 identities, 6

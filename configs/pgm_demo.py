@@ -4,7 +4,7 @@ r"""The synthetic, CPU-sized version of PGM's SYSU-MM01 experiment.
 
 The same synthetic SYSU-MM01 (data/synthetic) and the same pretrained start as configs/demo.py
 (the synthetic ImageNet stand-in, made on first use), then PGM at configs/pgm_sysu.py's
-settings except what a 2-core CPU needs (each listed in docs/pgm.md "The demo"):
+settings except what a 2-core CPU needs (each listed in docs/pgm.md, "The demo"):
   * sizes: 64x32 images, the demo network (basic blocks, one per layer, width 16; its one
     block per layer takes the non-local blocks PGM puts after the last blocks of layer2 and
     layer3, see vireid_jax/models/resnet.py), 32 visible (x2 views) and 64 infrared images per
@@ -14,7 +14,7 @@ settings except what a 2-core CPU needs (each listed in docs/pgm.md "The demo"):
     epoch 3;
   * cluster.k1/k2 = 10/3, augment.pad = 2 and learning rate 1e-3 decayed at stage epoch 10, as
     configs/demo.py (the synthetic set has 10 infrared images per identity).
-What it reaches, as means over training seeds: docs/pgm.md ("The demo").
+What it reaches, as means over training seeds: docs/pgm.md, "The demo".
 """
 
 from vireid_jax.methods.pgm import config as pgm_config

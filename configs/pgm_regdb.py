@@ -1,4 +1,4 @@
-r"""PGM on RegDB, one trial (../shared/PGM.md; docs/pgm.md); the standard report averages 1-10.
+r"""PGM on RegDB, one trial (docs/pgm.md, "Hyperparameters"); the standard report averages 1-10.
 
   for k in $(seq 1 10); do
     python main.py --config configs/pgm_regdb.py --workdir runs/pgm_regdb/trial$k \

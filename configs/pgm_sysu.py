@@ -1,4 +1,4 @@
-r"""PGM on SYSU-MM01, its authors' settings (../shared/PGM.md; docs/pgm.md).
+r"""PGM on SYSU-MM01, its authors' settings (docs/pgm.md, "Hyperparameters").
 
   python main.py --config configs/pgm_sysu.py --workdir runs/pgm_sysu --config.data.root /data
   python main.py --config configs/pgm_sysu.py --workdir runs/pgm_sysu --config.data.root /data \

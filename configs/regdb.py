@@ -1,4 +1,4 @@
-r"""MBCCM on RegDB, one trial (SPEC.md); the standard report averages trials 1-10.
+r"""MBCCM on RegDB, one trial (docs/mbccm.md, "Settings"); the standard report averages trials 1-10.
 
   python main.py --config configs/regdb.py --workdir runs/regdb_t1 \
       --config.data.root /data --config.data.trial 1

@@ -1,4 +1,4 @@
-r"""MBCCM on SYSU-MM01, the paper's settings (SPEC.md).
+r"""MBCCM on SYSU-MM01, the paper's settings (docs/mbccm.md, "Settings").
 
   python main.py --config configs/sysu.py --workdir runs/sysu --config.data.root /data
   python main.py --config configs/sysu.py --workdir runs/sysu --mode eval

@@ -4,8 +4,8 @@ The reference here is a transcription of `compute_jaccard_distance(..., search_o
 (PGM: clustercontrast/utils/faiss_rerank.py:30-123, "FR"), its loops and dtypes kept, torch for
 its torch lines; only faiss `IndexFlatL2` is replaced by an exact squared-L2 ranking with stable
 ties (faiss's order among exact ties is unspecified). PGM clusters flip-averaged features that
-are not renormalised (norms below 1, PGM.md quirk 6): FR ranks them by true L2 and weights them
-with their raw dot products.
+are not renormalised (norms below 1; docs/pgm.md, quirk 6): FR ranks them by true L2 and
+weights them with their raw dot products.
 """
 
 import numpy as np

@@ -179,7 +179,8 @@ def test_build_model_from_configs():
   trunk = jax.eval_shape(
       lambda v, x: model.apply(v, model.apply(v, x, x, False, method='stems'), False,
                                method='trunk'), variables, images)
-  assert trunk.shape == (4, 18, 9, 2048)  # SPEC.md: an 18x9 map for 288x144 input
+  # docs/mbccm.md, "Network": an 18x9 map for a 288x144 input.
+  assert trunk.shape == (4, 18, 9, 2048)
 
   import importlib.util, os  # pylint: disable=g-import-not-at-top,multiple-imports
   path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'demo.py')

@@ -1,10 +1,10 @@
 """The one configuration tree of vireid_jax.
 
-`base_config()` holds every setting of SPEC.md with the value that produced the published
-SYSU-MM01 numbers; `configs/sysu.py`, `configs/regdb.py`, `configs/llcm.py` and
-`configs/demo.py` change only what differs for their experiment. Every number here is named
-after the piece it drives, and the comment says where it comes from, so no magic constant needs
-to live in code.
+`base_config()` holds the core's settings with the values that produced MBCCM's published
+SYSU-MM01 numbers (docs/mbccm.md, "Settings"); `configs/sysu.py`, `configs/regdb.py`,
+`configs/llcm.py` and `configs/demo.py` change only what differs for their experiment. Every
+number here is named after the piece it drives, and the comment says where it comes from, so
+no magic constant needs to live in code.
 """
 
 import os
@@ -23,7 +23,7 @@ WEIGHTS_SUFFIXES = ('.pth', '.pt', '.pth.tar', '.bin', '.safetensors', '.npz')
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Paper settings for SYSU-MM01 (SPEC.md); dataset configs override what differs."""
+  """Paper settings for SYSU-MM01 (docs/mbccm.md, "Settings"); dataset configs override the rest."""
   config = ml_collections.ConfigDict()
   # The training method: a package under vireid_jax/methods/ ('mbccm', 'pgm',
   # 'cluster_contrast', ...) or an importable module of your own ('my_lab.my_method'). The core
@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.method = 'mbccm'
   config.seed = 0  # one seed for sampling, augmentation, init and gallery-free randomness
 
-  # --- data (SPEC.md: Data) ---
+  # --- data (docs/mbccm.md, "Data") ---
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'sysu'  # 'sysu' | 'regdb' | 'llcm'
   config.data.root = ''  # folder holding SYSU-MM01/ (raw or Market-style), RegDB/ or LLCM/
@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.image_width = 144
   # Filter of the training images (those clustered and trained on): 'lanczos' (MBCCM, as its
   # test images) | 'bicubic' (PGM: torchvision Resize(interpolation=3), TS:106,408; its test
-  # images stay Lanczos, TS:138, quirk 13). Bicubic is a second cache beside the Lanczos one.
+  # images stay Lanczos, TS:138; docs/pgm.md, quirk 13). Bicubic is a second cache beside the
+  # Lanczos one.
   config.data.train_resize = 'lanczos'
   config.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation
   config.data.std = (0.229, 0.224, 0.225)
@@ -54,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   # unset: resident when they take at most 20% of a device's memory (train.py).
   config.data.images_on_device = ml_collections.config_dict.placeholder(bool)
 
-  # --- network (SPEC.md: Network) ---
+  # --- network (docs/mbccm.md, "Network") ---
   config.model = ml_collections.ConfigDict()
   config.model.stage_sizes = (3, 4, 6, 3)  # ResNet-50 blocks per layer1..layer4
   config.model.block = 'bottleneck'  # 'bottleneck' (ResNet-50) | 'basic' (ResNet-18 style)
@@ -85,8 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
   # The features that decide the clustering and the evaluation: computed in float32 at the
   # highest matmul precision, as the authors' float32 (TF32-convolution) extraction, whatever
-  # the training steps compute in ('compute' = model.dtype). docs/speed.md ("Precision of the
-  # features that decide clustering") has what bfloat16 extraction changes and what float32
+  # the training steps compute in ('compute' = model.dtype). docs/speed.md, "Precision of the
+  # features that decide clustering", has what bfloat16 extraction changes and what float32
   # costs.
   config.model.extract_dtype = 'float32'  # 'float32' | 'bfloat16' | 'compute'
   config.model.extract_precision = 'highest'  # 'default' | 'high' | 'highest' (float32 only)
@@ -94,13 +95,14 @@ def base_config() -> ml_collections.ConfigDict:
   # infrared batch each into k chunks, and every BatchNorm normalises GPU j's chunks alone
   # (running statistics: GPU 0's). 1 = the whole batch (one GPU); MBCCM's tester hard-codes 3
   # GPUs, its paper does not say how many trained; PGM's scripts use 4. Must divide the batch
-  # of each modality (SPEC.md, PGM.md: DataParallel BatchNorm).
+  # of each modality (docs/mbccm.md, quirk 3; docs/pgm.md, quirk 5).
   config.model.bn_groups = 1
-  # AGW's non-local blocks in the trunk (PGM.md: Network); MBCCM runs without (non_local='off').
+  # AGW's non-local blocks in the trunk (docs/pgm.md, "Network"); MBCCM runs without
+  # (non_local='off').
   config.model.non_local = False
   config.model.non_local_blocks = (0, 2, 3, 0)  # per layer1..layer4, after the layer's last blocks
 
-  # --- clustering (SPEC.md step 2) ---
+  # --- clustering (docs/mbccm.md, "Step 2: cluster") ---
   config.cluster = ml_collections.ConfigDict()
   config.cluster.k1 = 30  # k-reciprocal neighbours (neighbour table holds k1 columns, self included)
   config.cluster.k2 = 6  # local query expansion
@@ -108,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.cluster.min_samples = 4  # DBSCAN min_samples
   # The features clustered: f(x), or with `flip` the mean with the mirror image, renormalised
   # (`renormalize`, as eval.flip) or not. PGM: flip=True, renormalize=False, i.e.
-  # (f(x) + f(flip x)) / 2 with norms below 1 (EV:43-49, PGM.md quirk 6).
+  # (f(x) + f(flip x)) / 2 with norms below 1 (EV:43-49; docs/pgm.md, quirk 6).
   config.cluster.flip = False
   config.cluster.renormalize = True
   # Jaccard neighbour ranking: 'dot' (unit features, renormalised if they drift; MBCCM) | 'l2'
@@ -143,7 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.schedule = ml_collections.ConfigDict()
   config.schedule.epochs = 80  # epochs of the run; the method's schedule says what each one does
 
-  # --- evaluation (SPEC.md: Evaluation protocols) ---
+  # --- evaluation (docs/mbccm.md, "Evaluation protocols") ---
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256  # feature extraction batch
   config.eval.flip = False  # average features of the image and its mirror (reference: off)
@@ -177,7 +179,8 @@ def base_config() -> ml_collections.ConfigDict:
   # training seed, as one ImageNet checkpoint serves every run of the paper.
   config.pretrain.seed = 0
   # 10 epochs fit the labels but their features carried nothing across modalities (cross-
-  # modality mAP of the start at chance); 30 do (docs/mbccm.md: the demo). 60 bought no more.
+  # modality mAP of the start at chance); 30 do (docs/mbccm.md, "The demo, and what it
+  # reaches"). 60 bought no more.
   config.pretrain.epochs = 30
   config.pretrain.batch_size = 128
   config.pretrain.learning_rate = 0.1  # peak, after warm-up (torchvision: 0.1 at batch 256)

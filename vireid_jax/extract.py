@@ -45,7 +45,7 @@ def make_extract_fn(model, mean, std, flip: bool, renormalize: bool = True,
     renormalize: with `flip`, L2-normalise that sum: l2norm(f(x) + f(flip x)), the usual
       re-id flip test (MBCCM's `eval.flip`, PGM's test features, TS:235-242). False keeps the
       plain mean (f(x) + f(flip x)) / 2, whose norm is cos(angle / 2) <= 1: PGM's clustering
-      features, never renormalised (EV:43-49, PGM.md quirk 6). Ignored without `flip`.
+      features, never renormalised (EV:43-49; docs/pgm.md, quirk 6). Ignored without `flip`.
     precision: the matmul and convolution precision of float32 compute ('default', 'high',
       'highest'; None = JAX's default): on a TPU float32 'default' is one bfloat16 pass, on a
       GPU TF32; 'highest' is true float32 on both.

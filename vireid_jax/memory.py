@@ -1,6 +1,7 @@
 """Cluster memories: one L2-normalised centre per cluster, scored by features, updated by momentum.
 
-The primitives every method builds its memories from (SPEC.md step 4; PGM.md "Memories"):
+The primitives every method builds its memories from (docs/mbccm.md, "Step 4: memories";
+docs/pgm.md, "Memories"):
 
   memory_logits(features, table, temperature)   normalise(f) . M^T / temperature, with masks for
                                                 padded rows and the reference's in-place

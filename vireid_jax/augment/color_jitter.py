@@ -1,6 +1,6 @@
 """torchvision 0.9.2's ColorJitter on PIL uint8 images, equal to it to the uint8, on the device.
 
-PGM's visible view B (PGM.md "Augmentation") jitters the padded, cropped and flipped PIL crop
+PGM's visible view B (docs/pgm.md, "Augmentation") jitters the padded, cropped and flipped PIL crop
 with `ColorJitter(0.5, 0.5, 0.5, 0.5)`: factors b, c, s ~ U[0.5, 1.5] and hue ~ U[-0.5, 0.5]
 (float32, as `torch.empty(1).uniform_`), the four operations in a random order, each one a PIL
 operation that returns a uint8 image:

@@ -1,7 +1,7 @@
 """Exact k-reciprocal Jaccard distance (Zhong et al., CVPR 2017) as a sparse matrix.
 
-The same numbers as the reference's `compute_jaccard_distance` (SPEC.md step 2), computed
-without an N x N array:
+The same numbers as the reference's `compute_jaccard_distance` (docs/mbccm.md, "Step 2:
+cluster"), computed without an N x N array:
   1. neighbour table R: the k1 nearest rows of each row, itself included (k1 columns, as
      the reference's faiss search returns, so its `k1 + 1` slices see k1 entries);
   2. k-reciprocal sets K(i) = {j in R(i) : i in R(j)}, and the half sets H(i) on the first
@@ -21,7 +21,7 @@ Two readings of the features (`rank_by`):
   'l2' (PGM, `search_option=3`): the rows are taken as given, of any norm: R ranks by the true
     squared distance (faiss IndexFlatL2, FR:58-62) and step 4 uses their raw dot products,
     softmax(-(2 - 2 x.y)) although they are not unit vectors (FR:81-85), exactly as the
-    reference does with PGM's un-renormalised flip-averaged features (PGM.md quirk 6).
+    reference does with PGM's un-renormalised flip-averaged features (docs/pgm.md, quirk 6).
 """
 
 from typing import Callable, Optional

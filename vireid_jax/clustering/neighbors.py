@@ -5,8 +5,8 @@ distance |x - y|^2 = |x|^2 + |y|^2 - 2 x.y. Two rankings, both exact:
   'dot': by the dot product x.y, the same ranking when every row has unit norm (MBCCM's
     features), and what MBCCM's path has always used;
   'l2': by the squared distance itself, for rows of any norm (PGM's flip-averaged features,
-    norms below 1: PGM.md quirk 6). |x|^2 is the same along a query row, so the row is ranked
-    by 2 x.y - |y|^2, largest first.
+    norms below 1: docs/pgm.md, quirk 6). |x|^2 is the same along a query row, so the row is
+    ranked by 2 x.y - |y|^2, largest first.
 Each block of queries is one jitted `matmul + lax.top_k` on the default JAX backend: the
 accelerator when there is one, the CPU otherwise (measured faster on CPU than numpy's BLAS +
 argpartition, because XLA's top-k is cheaper than a full-row partition). Nothing of size N x N

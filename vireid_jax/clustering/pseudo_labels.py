@@ -1,4 +1,7 @@
-"""From features to pseudo labels and cluster centres (SPEC.md step 2, one modality)."""
+"""From features to pseudo labels and cluster centres, one modality.
+
+The reference's clustering of each modality: docs/mbccm.md, "Step 2: cluster".
+"""
 
 import numpy as np
 import scipy.sparse

@@ -3,7 +3,8 @@
 Layout (as distributed with the idx files of Ye et al.'s cross-modal re-id code):
 `RegDB/Visible/<person>/*.bmp`, `RegDB/Thermal/<person>/*.bmp` and
 `RegDB/idx/{train,test}_{visible,thermal}_{1..10}.txt`, each line `relative/path label`.
-Trial t (1..10) is the split of those ten files; each is its own training run (SPEC.md: Data).
+Trial t (1..10) is the split of those ten files; each is its own training run (docs/mbccm.md,
+"Data").
 The label of the idx file is the identity; visible images carry camera 1, thermal camera 2.
 """
 

@@ -12,7 +12,7 @@ Two layouts are read, and give the same lists in the same order:
   is read too; the camera number tells the modality.
 
 Visible cameras are cam1, cam2, cam4, cam5; infrared cameras cam3 and cam6. Training uses the
-ids of train_id + val_id, testing those of test_id (SPEC.md: Data).
+ids of train_id + val_id, testing those of test_id (docs/mbccm.md, "Data").
 """
 
 import os

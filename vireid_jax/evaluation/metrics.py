@@ -1,7 +1,7 @@
 """CMC, mAP and mINP with the SYSU-MM01, LLCM and RegDB rules, vectorised over queries.
 
 The rules are those of the reference's `eval_sysu` / `eval_regdb` (the dataset authors'
-protocol, SPEC.md "Evaluation protocols") and of the LLCM authors' `eval_llcm`:
+protocol; docs/mbccm.md, "Evaluation protocols") and of the LLCM authors' `eval_llcm`:
 
 - SYSU-MM01: for a query from cam3, every gallery image from cam2 is dropped (the two cameras
   see the same place). CMC follows the dataset authors' code: after the drop, repeated

@@ -160,7 +160,7 @@ def evaluate_llcm(visible_features: np.ndarray, visible_pids: np.ndarray,
   against one infrared image per (identity, camera). Both score with `metrics.eval_llcm`'s
   rules (no gallery image of the query's identity and camera; Rank-k counts identities once).
   The authors' code scores visible-to-infrared on the transposed matrix instead (docs/datasets.md,
-  LLCM); this is the untransposed direction that unsupervised papers report.
+  "LLCM"); this is the untransposed direction that unsupervised papers report.
 
   Args:
     visible_features: (Nv, D) L2-normalised features of ALL visible test images.

@@ -1,4 +1,4 @@
-"""The two-stream ResNet of MBCCM and PGM (SPEC.md, PGM.md: Network).
+"""The two-stream ResNet of MBCCM and PGM (docs/mbccm.md, "Network"; docs/pgm.md, "Network").
 
 A visible stem and an infrared stem (conv 7x7/2, BN, ReLU, max-pool 3/2) feed one shared trunk
 (layer1..layer4, torchvision v1.5 layout: the stride sits on the 3x3 conv of a bottleneck), then
@@ -236,7 +236,7 @@ def _torch_default_uniform(fan_in: int) -> Callable[..., Array]:
 
 
 class NonLocal(nn.Module):
-  """AGW's non-local block (PGM.md: Network), the identity at initialisation.
+  """AGW's non-local block (docs/pgm.md, "Network"), the identity at initialisation.
 
   g, theta, phi: 1x1 convs C -> 1 with bias; y = (theta^T phi / N) g over the N = H*W
   positions, no softmax; z = BN(W y) + x with W a 1x1 conv 1 -> C with bias and the BN's scale

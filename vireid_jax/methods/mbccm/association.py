@@ -1,4 +1,6 @@
-"""MBCCM's cross-modality association of an epoch: bilateral cluster matching (SPEC.md step 3).
+"""MBCCM's cross-modality association of an epoch: bilateral cluster matching.
+
+The reference's matching: docs/mbccm.md, "Step 3: match".
 
 The matching itself is `matching.mbccm_match`; this module picks it or,
 with `config.cluster.oracle`, the true identities, and measures the result against the true

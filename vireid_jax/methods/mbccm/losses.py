@@ -1,4 +1,6 @@
-"""MBCCM's losses as pure functions of the step's features and the cluster memories (SPEC.md step 7).
+"""MBCCM's losses as pure functions of the step's features and the cluster memories.
+
+The reference's losses: docs/mbccm.md, "Step 7: losses".
 
 f_a, f_b: (B, C) BN-neck training features of visible views A and B; f_r: (B, C) infrared;
 position i of the three is one matched (visible, infrared) pair with labels y_v[i], y_i[i].

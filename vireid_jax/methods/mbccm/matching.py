@@ -1,4 +1,6 @@
-"""MBCCM bilateral cluster matching between visible and infrared centres (SPEC.md step 3).
+"""MBCCM bilateral cluster matching between visible and infrared centres.
+
+The reference's matching: docs/mbccm.md, "Step 3: match".
 
 D[i, v] is the squared Euclidean distance between infrared centre i and visible centre v.
 With the larger side called L and the smaller S:

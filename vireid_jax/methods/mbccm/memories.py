@@ -1,4 +1,6 @@
-"""MBCCM's four cluster memories and the order its reference updates them (SPEC.md step 4).
+"""MBCCM's four cluster memories and the order its reference updates them.
+
+The reference's memories: docs/mbccm.md, "Step 4: memories".
 
   visible            M_v   (K_v, C)  visible centres, labelled by visible cluster
   infrared           M_i   (K_i, C)  infrared centres, labelled by infrared cluster

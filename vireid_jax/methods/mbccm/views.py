@@ -1,4 +1,6 @@
-"""MBCCM's three training views (docs/mbccm.md, "How it trains"), on the device, from uint8 images.
+"""MBCCM's three training views, on the device, from uint8 images.
+
+The reference's views: docs/mbccm.md, "Step 6: augmentation".
 
   visible view A: flip, pad + crop, [0, 1], multiplicative rectangles (p 0.8), normalise, erase
   visible view B: flip, pad + crop, [0, 1], normalise, erase, copy one channel into all three

@@ -1,4 +1,6 @@
-"""PGM's cross-modality association of a stage-2 epoch: progressive graph matching (PGM.md).
+"""PGM's cross-modality association of a stage-2 epoch: progressive graph matching.
+
+The reference's stage 2: docs/pgm.md, "Stage 2".
 
 The matching itself is `matching.pgm_match`; this module applies the run's settings (rounds,
 what happens when the infrared side has more clusters), stops with one clear line where the

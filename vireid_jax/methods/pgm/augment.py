@@ -1,4 +1,4 @@
-"""PGM's three training views (PGM.md "Augmentation"), on the device, from uint8 images.
+"""PGM's three training views (docs/pgm.md, "Augmentation"), on the device, from uint8 images.
 
 Every view starts with the reference's prefix: Pad(10), RandomCrop, RandomHorizontalFlip on the
 (bicubic-resized) uint8 image, here `augment.flip_pad_crop` (the same distribution: flip and a

@@ -1,10 +1,11 @@
-"""PGM's settings, per dataset (PGM.md "Hyperparameters", each with its file:line there).
+"""PGM's settings, per dataset (docs/pgm.md, "Hyperparameters", each with its file:line there).
 
 `pgm_config(dataset)` is the core's `config.base_config()` plus the groups PGM reads (`memory`,
 `sampler`, `augment`, `schedule`, `pgm`), with every setting PGM's code runs with; the
 configs/pgm_*.py files call it. Where PGM's code changed after the published runs, the default
 is what produced the published numbers and the example logs (the authors' commit 3448f52), and
-a switch gives HEAD's behaviour (PGM.md "Reference quirks").
+a switch gives HEAD's behaviour (docs/pgm.md, "Reference quirks"; "quirk n" below is item n
+there).
 """
 
 import ml_collections

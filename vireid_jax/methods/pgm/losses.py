@@ -1,4 +1,4 @@
-"""PGM's training loss and the memory updates of one step (PGM.md "Stage 1", "Stage 2").
+"""PGM's training loss and the memory updates of one step (docs/pgm.md, "Stage 1", "Stage 2").
 
 f_v = [f_A; f_B]: (2B, C) visible features, both views; f_i: (B_i, C) infrared; y_v (2B,), y_i
 (B_i,) their cluster labels; M_v (K_v, C), M_i (K_i, C) the two memories; CE(M(f), y) the batch

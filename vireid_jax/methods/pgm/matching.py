@@ -1,4 +1,6 @@
-"""PGM's progressive graph matching of visible and infrared cluster centres (PGM.md "Stage 2").
+"""PGM's progressive graph matching of visible and infrared cluster centres.
+
+The reference's matching: docs/pgm.md, "Matching: `pgm_match`".
 
 With the centres L2-normalised, B the side with more clusters (visible when K_v >= K_i, ties
 included) and S the other:
@@ -10,8 +12,8 @@ included) and S the other:
   round 3, ... ('until_all'): round 2 again on the B rows still without a partner
 
 The reference stops after round 2, so when n_B > 2 n_S some B clusters keep no partner (and its
-training dies with a KeyError, PGM.md quirk 1). Its round 2 also pairs the assignment's columns
-with the unmatched rows by position rather than by the assignment's row index
+training dies with a KeyError; docs/pgm.md, quirk 1). Its round 2 also pairs the assignment's
+columns with the unmatched rows by position rather than by the assignment's row index
 (`r2i[unmatched_row[idx]] = unmatched_col_ind[idx]`, train_regdb.py:712-714,736-738): identical
 when |U| <= n_S, where the assignment covers every row in order, but when |U| > n_S the first n_S
 rows of U take the columns chosen for other rows. Round 2 reproduces that exactly (so both

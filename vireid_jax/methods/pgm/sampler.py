@@ -1,6 +1,7 @@
 """PGM's camera-aware identity sampler: which images every step of an epoch trains on.
 
-The reference (PGM.md "Sampling"; `RandomMultipleGallerySampler(num_instances=16)`, SM:46-106,
+The reference (docs/pgm.md, "Sampling"; `RandomMultipleGallerySampler(num_instances=16)`,
+SM:46-106,
 under a `DataLoader(drop_last=True)` and an `IterLoader`, TS:52-69, IL:22-27) draws each modality
 on its own, and the two are never paired. For one modality:
 
@@ -11,7 +12,7 @@ on its own, and the two are never paired. For one modality:
   members other than the anchor. The anchor itself is never a candidate.
 - The 15 are drawn without replacement iff there are at least 16 (num_instances) candidates,
   else with replacement (`np.random.choice`): the reference compares with 16 but draws 15, so
-  exactly 15 candidates go with replacement and may repeat (PGM.md quirk 10, kept).
+  exactly 15 candidates go with replacement and may repeat (docs/pgm.md, quirk 10; kept).
 - A one-member cluster contributes its anchor only, a run of 1 instead of 16, which shifts
   every later cluster of the pass against the batch borders (kept).
 - The pass's indices, cluster after cluster, are cut into consecutive batches; the last,
