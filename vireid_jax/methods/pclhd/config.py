@@ -75,6 +75,11 @@ def pclhd_config(dataset: str = 'sysu') -> ml_collections.ConfigDict:
   config.sampler.visible_images = 128
   config.sampler.infrared_images = 128
   config.sampler.visible_images_stage1 = d['visible_stage1']
+  # The joint batches of stage 2: 0 = the main batches' sizes, as the authors' two joint loaders
+  # (TS:1084-1093). Smaller batches (fewer joint clusters per step) are a switch for sets whose
+  # joint clustering finds few clusters with both modalities (the synthetic demo's).
+  config.sampler.joint_visible_images = 0
+  config.sampler.joint_infrared_images = 0
   config.sampler.steps_per_epoch = d['steps']
 
   config.augment = augment.default_config()

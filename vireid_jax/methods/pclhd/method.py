@@ -36,7 +36,8 @@ JOINT_VISIBLE, JOINT_INFRARED = 'joint_visible', 'joint_infrared'
 VISIBLE_TO_INFRARED, INFRARED_TO_VISIBLE = 'visible_to_infrared', 'infrared_to_visible'
 _SETTINGS = ('pclhd', 'memory.temperature', 'memory.momentum', 'memory.stage1',
              'sampler.visible_images', 'sampler.infrared_images',
-             'sampler.visible_images_stage1', 'sampler.instances_per_cluster',
+             'sampler.visible_images_stage1', 'sampler.joint_visible_images',
+             'sampler.joint_infrared_images', 'sampler.instances_per_cluster',
              'sampler.steps_per_epoch', 'augment.color_jitter', 'schedule.stage2_start',
              'schedule.eval_every', 'schedule.eval_from')
 _CHOICES = (('memory.stage1', ('hybrid', 'centroid')),
@@ -65,7 +66,8 @@ def validate(config) -> None:
   if not 0 <= config.schedule.stage2_start <= config.schedule.epochs:
     raise ConfigError('config.schedule.stage2_start must lie in [0, schedule.epochs]')
   s = config.sampler
-  for field in ('visible_images', 'infrared_images', 'visible_images_stage1'):
+  for field in ('visible_images', 'infrared_images', 'visible_images_stage1',
+                'joint_visible_images', 'joint_infrared_images'):
     if s[field] % s.instances_per_cluster:
       raise ConfigError(f'config.sampler.{field} = {s[field]} must be a multiple of '
                         f'sampler.instances_per_cluster = {s.instances_per_cluster}')
@@ -73,11 +75,15 @@ def validate(config) -> None:
     raise ConfigError('config.augment.color_jitter needs 4 strengths (brightness, contrast, '
                       f'saturation, hue; all 0 = none, PCLHD\'s), got '
                       f'{config.augment.color_jitter}')
-  # The stage-1 forward must split into the BatchNorm groups too (RegDB: 64 visible images).
-  batch = 2 * s.visible_images_stage1
-  if batch % config.model.bn_groups:
-    raise ConfigError(f'config.model.bn_groups = {config.model.bn_groups} does not divide the '
-                      f'{batch} visible inputs of a stage-1 step (sampler.visible_images_stage1)')
+  # The stage-1 and joint forwards must split into the BatchNorm groups too (RegDB: 64 visible
+  # images in stage 1).
+  joint_visible, joint_infrared = _joint_batches(config)
+  for rows, what in ((2 * s.visible_images_stage1, 'visible inputs of a stage-1 step'),
+                     (2 * joint_visible, 'visible inputs of a joint step'),
+                     (joint_infrared, 'infrared inputs of a joint step')):
+    if rows % config.model.bn_groups:
+      raise ConfigError(f'config.model.bn_groups = {config.model.bn_groups} does not divide the '
+                        f'{rows} {what} (config.sampler)')
 
 
 def batch_sizes(config) -> methods.StepBatch:
@@ -207,14 +213,22 @@ def build_memories(config, schedule_, clusters, arrays, *, features, rng):
   return memories
 
 
+def _joint_batches(config) -> tuple[int, int]:
+  """(visible, infrared) images of a stage-2 joint batch: the main batches' by default."""
+  s = config.sampler
+  return (s.joint_visible_images or s.visible_images,
+          s.joint_infrared_images or s.infrared_images)
+
+
 def _camera_plan(config, visible_labels, infrared_labels, train_sets, rng, visible_images,
-                 what: str):
+                 what: str, infrared_images=None):
   s = config.sampler
   try:
     return sampler.plan_epoch(
         visible_labels, train_sets[0].cams, infrared_labels, train_sets[1].cams,
         s.steps_per_epoch, rng, visible_batch=visible_images,
-        infrared_batch=s.infrared_images, num_instances=s.instances_per_cluster)
+        infrared_batch=infrared_images or s.infrared_images,
+        num_instances=s.instances_per_cluster)
   except sampler.PassTooShort as error:  # the authors' loader dies with StopIteration here
     raise methods.MethodStop(f'{what}: {error} (config.sampler.visible_images / '
                              f'infrared_images).') from error
@@ -237,17 +251,18 @@ def plan_epoch(config, schedule_, clusters, arrays, train_sets, rng) -> methods.
   split = len(clusters.visible_labels)
   is_infrared = np.arange(len(joint)) >= split
   mixed = _mixed(joint, is_infrared)
-  per_batch = s.infrared_images // s.instances_per_cluster
+  joint_visible, joint_infrared = _joint_batches(config)
+  per_batch = max(joint_visible, joint_infrared) // s.instances_per_cluster
   if mixed.sum() < per_batch:  # IL:22-27: the joint loader is empty and next() raises
     raise methods.MethodStop(
         f'epoch {epoch}: only {int(mixed.sum())} joint clusters hold both modalities, fewer '
-        f'than the {per_batch} clusters of one joint batch (sampler.infrared_images / '
-        f'instances_per_cluster); the authors\' loader stops here with StopIteration. The '
-        f'features do not yet cluster across modalities: check the initial weights, or '
-        f'pclhd.joint_eps.')
+        f'than the {per_batch} clusters of one joint batch (sampler.joint_infrared_images or '
+        f'infrared_images / instances_per_cluster); the authors\' loader stops here with '
+        f'StopIteration. The features do not yet cluster across modalities: check the initial '
+        f'weights, pclhd.joint_eps, or take smaller joint batches.')
   kept = np.where((joint >= 0) & mixed[np.maximum(joint, 0)], joint, -1)
   joint_plan = _camera_plan(config, kept[:split], kept[split:], train_sets, rng,
-                            s.visible_images, f'epoch {epoch}, joint clusters')
+                            joint_visible, f'epoch {epoch}, joint clusters', joint_infrared)
   streams = dict(methods.Plan.of(main).streams)
   streams[JOINT_VISIBLE] = {'index': joint_plan.visible_index, 'label': joint_plan.visible_label}
   streams[JOINT_INFRARED] = {'index': joint_plan.infrared_index,
