@@ -99,8 +99,12 @@ def format_headline(config: ml_collections.ConfigDict, h: dict) -> str:
 BOTH = 'both'  # config.eval.checkpoint: the best and the latest checkpoint, side by side
 
 
-def _restore_variables(config, model, workdir: str, mesh, which: str) -> tuple[dict, dict]:
-  """(variables, record) of checkpoint `which`: 'best', 'latest' or a checkpoint folder."""
+def restore_variables(config, model, workdir: str, mesh, which: str) -> tuple[dict, dict]:
+  """(variables, record) of checkpoint `which`: 'best', 'latest' or a checkpoint folder.
+
+  The one way to the variables a checkpoint evaluates: `--mode eval` and the inference code
+  (vireid_jax/inference/) both call it, so which network a checkpoint stands for is decided
+  here alone."""
   abstract = train_state.abstract_train_state(config, model, mesh)
   if which in (checkpoint.BEST, checkpoint.LATEST):
     state, record = checkpoint.restore(workdir, which, abstract)
@@ -135,7 +139,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
   mesh = sharding.make_mesh()
   model = models.build_model(config.model)
   # Every checkpoint first: a missing or unreadable one stops before the data is loaded.
-  restored = [(which, *_restore_variables(config, model, workdir, mesh, which))
+  restored = [(which, *restore_variables(config, model, workdir, mesh, which))
               for which in _checkpoints_to_evaluate(config, workdir)]
   test_visible, test_infrared = shared_data.load_test_on_every_process(config.data)
   extract_batch = extract_lib.for_config(model, config)
