@@ -7,7 +7,6 @@ main.py parses the flags into `Options` and prints what `run` returns; every bad
 import dataclasses
 import json
 import os
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -21,7 +20,6 @@ from vireid_jax.inference import run as run_lib
 from vireid_jax.inference import search as search_lib
 from vireid_jax.inference import store
 from vireid_jax.inference.errors import InferenceError
-from vireid_jax.runtime import console
 from vireid_jax.runtime import files
 
 MODES = ('embed', 'search', 'export')
@@ -54,10 +52,6 @@ def _modality(value: str, flag: str) -> str:
   return value
 
 
-def _say(line: str) -> None:
-  console.line(line, file=sys.stderr)
-
-
 def _skipped_note(count: int) -> str:
   return f'; skipped {count} image(s) that could not be used (named above)' if count else ''
 
@@ -65,7 +59,7 @@ def _skipped_note(count: int) -> str:
 def embed(run, options: Options, paths: Sequence[str]) -> str:
   modality = run.check_modality(_modality(options.modality, '--modality'))
   embedder = embedding.Embedder(run, options.batch_size or None)
-  summary = embedder.to_file(paths, modality, options.out, workers=options.workers, say=_say)
+  summary = embedder.to_file(paths, modality, options.out, workers=options.workers)
   return (f'embedded {summary.embedded} {modality} image(s) with {run.checkpoint} (epoch '
           f'{run.epoch}): {run.model.num_features} features each, written to {options.out}'
           f'{_skipped_note(len(summary.skipped))}')
@@ -95,11 +89,11 @@ def _check_side(run, sources: Sequence[str], modality_flag: str, flag: str) -> _
   return _Side(flag, [], images_lib.list_images(sources), modality)
 
 
-def _load_side(run, side: _Side, options: Options) -> store.Embeddings:
+def _load_side(run, side: _Side, options: Options,
+               embedder: embedding.Embedder) -> store.Embeddings:
   """Embeddings files as they are (if this checkpoint made them), or the images embedded now."""
   if side.images:
-    embedder = embedding.Embedder(run, options.batch_size or None)
-    return embedder.to_memory(side.images, side.modality, workers=options.workers, say=_say)
+    return embedder.to_memory(side.images, side.modality, workers=options.workers)
   loaded = []
   for path in side.saved:
     embeddings = store.load(path)
@@ -125,14 +119,17 @@ def search(run, options: Options) -> str:
              if options.id_pattern else None)
   sides = (_check_side(run, options.query, options.query_modality, 'query'),
            _check_side(run, options.gallery, options.gallery_modality, 'gallery'))
-  query, gallery = (_load_side(run, side, options) for side in sides)
+  if pattern is not None:  # a path without an identity stops before anything is embedded
+    for side in sides:
+      search_lib.identities(side.images, pattern, side.flag)
+  embedder = embedding.Embedder(run, options.batch_size or None)  # one compilation per modality
+  query, gallery = (_load_side(run, side, options, embedder) for side in sides)
   if not len(query):
     raise InferenceError('no query image could be used (each is named above)')
   if not len(gallery):
     raise InferenceError('no gallery image could be used (each is named above)')
   ids = None
   if pattern is not None:
-    # Before the ranking: a path without an identity stops at once.
     query_ids, query_cams = search_lib.identities(query.paths, pattern, 'query')
     gallery_ids, gallery_cams = search_lib.identities(gallery.paths, pattern, 'gallery')
     ids = (query_ids, gallery_ids)
@@ -143,17 +140,18 @@ def search(run, options: Options) -> str:
   lines = [f'ranked {len(gallery)} {gallery.modality} gallery image(s) for {len(query)} '
            f'{query.modality} quer(ies) with {run.checkpoint} (epoch {run.epoch}); distance '
            f'-cosine, top {result.indices.shape[1]} each in {csv_path}']
+  codes = search_lib.identity_codes(*ids) if ids is not None else None
   if options.ranklist_queries > 0:
     height, width = run.image_size
+    chosen = picture.choose(options.ranklist_queries, len(query),
+                            codes[0] if codes is not None else None,
+                            seed=int(run.config.seed))
     png = picture.save(str(out_path / 'ranklist.png'), list(query.paths), list(gallery.paths),
-                       result.indices, result.distances, height, width,
-                       query_ids=ids[0] if ids else None, gallery_ids=ids[1] if ids else None,
-                       rows=options.ranklist_queries)
-    lines.append(f'rank list of the first {min(options.ranklist_queries, len(query))} '
-                 f'quer(ies): {png}')
-  if ids is not None:
-    query_codes, gallery_codes = search_lib.identity_codes(*ids)
-    scores = search_lib.score(query.features, gallery.features, query_codes, gallery_codes,
+                       result.indices, result.distances, height, width, chosen,
+                       query_ids=ids[0] if ids else None, gallery_ids=ids[1] if ids else None)
+    lines.append(f'rank list of {len(chosen)} quer(ies): {png}')
+  if codes is not None:
+    scores = search_lib.score(query.features, gallery.features, *codes,
                               query_cams, gallery_cams, options.id_rules,
                               max_rank=int(run.config.eval.max_rank))
     path = files.write_text(out_path / 'scores.json', json.dumps(
@@ -186,8 +184,11 @@ def run(mode: str, workdir: Optional[str], config, options: Options) -> str:
       raise InferenceError('--mode embed needs --out FILE.npz: where the embeddings go')
     _modality(options.modality, '--modality')
     paths = images_lib.list_images(options.images)
-  if mode == 'search' and options.id_pattern:
-    search_lib.compile_pattern(options.id_pattern, options.id_rules)
+  if mode == 'search':
+    if options.top_k < 1:
+      raise InferenceError(f'--top_k={options.top_k}: expected at least 1')
+    if options.id_pattern:
+      search_lib.compile_pattern(options.id_pattern, options.id_rules)
   trained = run_lib.load_run(workdir, options.checkpoint, config)
   if mode == 'embed':
     return embed(trained, options, paths)

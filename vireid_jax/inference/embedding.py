@@ -18,6 +18,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import tqdm
 
 from vireid_jax import extract as extract_lib
 from vireid_jax.inference import images as images_lib
@@ -74,11 +75,15 @@ class Embedder:
     Memory holds a few batches of images and two of features, whatever the number of paths.
     """
     self.run.check_modality(modality)
-    say = say or (lambda line: console.line(line, file=sys.stderr))
     height, width = self.run.image_size
     skipped, embedded = [], 0
     bar = console.bar(desc=f'embed {modality}', total=len(paths), unit='img', leave=True,
                       enabled=progress)
+    if say is None:
+      if isinstance(bar, tqdm.tqdm):  # a line above the bar on a terminal, not through it
+        say = lambda line: bar.write(line, file=sys.stderr)
+      else:
+        say = lambda line: console.line(line, file=sys.stderr)
     in_flight = None  # (device features, count, paths) of the batch dispatched last
 
     def finish(flight):

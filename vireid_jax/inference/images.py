@@ -60,7 +60,8 @@ def _check_size(what: str, image_height: int, image_width: int, height: int, wid
 
 def _resize(image: Image.Image, height: int, width: int) -> np.ndarray:
   """`data.decode.decode_resize`'s steps on an open image: RGB, Lanczos to the size, uint8."""
-  image = image.convert('RGB')
+  if image.mode != 'RGB':  # converting RGB to RGB is a copy: the same pixels, time spent
+    image = image.convert('RGB')
   if image.size != (width, height):  # PIL's resize to the same size is a copy
     image = image.resize((width, height), decode.RESAMPLING[RESIZE])
   return np.asarray(image, dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The rank-list picture of a search: each query beside its nearest gallery images.
+"""The rank-list picture of a search: a few queries, each beside its nearest gallery images.
 
 Drawn as the evaluation's rank lists are (evaluation/ranklist.py): one row per query, the query
 first, then its top k, each titled with its rank and distance. When the paths give identities,
@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vireid_jax.evaluation import ranklist
 from vireid_jax.inference import images as images_lib
 from vireid_jax.runtime import files
 
@@ -23,12 +24,21 @@ _UNKNOWN = '#8c8c8c'
 MAX_COLUMNS = 10  # gallery images per row, whatever top_k the CSV has
 
 
+def choose(count: int, num_query: int, query_ids: Optional[np.ndarray] = None,
+           seed: int = 0) -> np.ndarray:
+  """Which queries to draw: with identities, `count` of distinct identities as the evaluation
+  chooses them (ranklist.choose_queries); without, `count` spread evenly over the queries."""
+  if query_ids is not None:
+    return ranklist.choose_queries(np.asarray(query_ids), count, seed=seed)
+  return np.unique(np.linspace(0, num_query - 1, min(count, num_query)).round().astype(np.int64))
+
+
 def save(path: str, query_paths: Sequence[str], gallery_paths: Sequence[str],
          indices: np.ndarray, distances: np.ndarray, height: int, width: int,
-         query_ids: Optional[Sequence] = None, gallery_ids: Optional[Sequence] = None,
-         rows: int = 8) -> str:
-  """Writes the PNG of the first `rows` queries and their top (at most MAX_COLUMNS) images."""
-  count = min(rows, len(query_paths))
+         chosen: Sequence[int], query_ids: Optional[Sequence] = None,
+         gallery_ids: Optional[Sequence] = None) -> str:
+  """Writes the PNG of the queries `chosen` and their top (at most MAX_COLUMNS) images."""
+  count = len(chosen)
   if count == 0:
     raise ValueError('no query to draw')
   columns = min(MAX_COLUMNS, indices.shape[1]) + 1
@@ -52,16 +62,16 @@ def save(path: str, query_paths: Sequence[str], gallery_paths: Sequence[str],
                    color=colour)
 
   known = query_ids is not None and gallery_ids is not None
-  for row in range(count):
-    who = f' {query_ids[row]}' if known else ''
-    draw(row, 0, query_paths[row], f'query{who}', _QUERY)
+  for row, q in enumerate(chosen):
+    who = f' {query_ids[q]}' if known else ''
+    draw(row, 0, query_paths[q], f'query{who}', _QUERY)
     for rank in range(1, columns):
-      g = int(indices[row, rank - 1])
+      g = int(indices[q, rank - 1])
       if known:
-        colour = _CORRECT if gallery_ids[g] == query_ids[row] else _WRONG
-        title = f'{rank}: {gallery_ids[g]} ({distances[row, rank - 1]:.3f})'
+        colour = _CORRECT if gallery_ids[g] == query_ids[q] else _WRONG
+        title = f'{rank}: {gallery_ids[g]} ({distances[q, rank - 1]:.3f})'
       else:
-        colour, title = _UNKNOWN, f'{rank}: {distances[row, rank - 1]:.3f}'
+        colour, title = _UNKNOWN, f'{rank}: {distances[q, rank - 1]:.3f}'
       draw(row, rank, gallery_paths[g], title, colour)
   files.save_figure(figure, path, bbox_inches='tight')
   return path

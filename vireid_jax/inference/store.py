@@ -62,8 +62,7 @@ class EmbeddingsWriter:
   def __init__(self, path: str, num_features: int, metadata: dict):
     self.path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(self.path))
-    if not os.path.isdir(folder):
-      raise InferenceError(f'{folder} does not exist: create it first, or choose another --out')
+    os.makedirs(folder, exist_ok=True)
     base = os.path.join(folder, f'.{os.path.basename(self.path)}.partial-{os.getpid()}')
     self._features_file, self._paths_file, self._npz_file = (
         base + '.features', base + '.paths', base + '.npz')
