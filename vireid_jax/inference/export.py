@@ -27,6 +27,7 @@ import numpy as np
 from jax import export as jax_export
 
 from vireid_jax.data.types import INFRARED, VISIBLE
+from vireid_jax.inference.errors import InferenceError
 from vireid_jax.runtime import files
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
@@ -109,6 +110,12 @@ def export_run(run, path: str = '', platforms: Sequence[str] = PLATFORMS) -> tup
   """Writes the artifact at `path` (default `default_path(run)`) and its contract JSON beside
   it (same name, .json); returns both paths."""
   path = os.fspath(path) or default_path(run)
+  try:
+    import flatbuffers  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise InferenceError('--mode export needs the flatbuffers package, which jax.export '
+                         'serialises with: pip install -r requirements.txt (or pip install '
+                         'flatbuffers)') from None
   data = bytes(export(run, platforms).serialize())
   # Reading it back is the proof that it loads; and the contract reports what was read.
   exported = jax_export.deserialize(bytearray(data))
