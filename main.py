@@ -6,6 +6,11 @@ r"""Command line of vireid_jax: parse flags and the config, then dispatch on --m
   python main.py --config configs/sysu.py --mode prepare                   # decode + cache data
   python main.py --config configs/demo.py --mode pretrain                  # ImageNet stand-in
   python main.py --mode aggregate --workdir runs/regdb                     # RegDB trials 1-10
+  python main.py --mode embed --workdir runs/demo --images photos/ --modality visible \
+      --out photos.npz                                                    # features of any images
+  python main.py --mode search --workdir runs/demo --query a.jpg --query_modality visible \
+      --gallery photos.npz                                                # rank a gallery
+  python main.py --mode export --workdir runs/demo                        # a jax.export artifact
 
 Any config field can be overridden with --config.<path>=<value>; a mistyped path is an error
 that names it. Training starts from torchvision's ImageNet ResNet-50, found in PyTorch's cache
@@ -29,12 +34,17 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, reports.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'prepare', 'pretrain', 'aggregate'],
+_INFERENCE_MODES = ('embed', 'search', 'export')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'prepare', 'pretrain', 'aggregate',
+                                            *_INFERENCE_MODES],
                           'train: train (resuming from --workdir) and evaluate; eval: evaluate '
                           'a checkpoint with the full protocol; prepare: generate/decode the '
                           'dataset cache; pretrain: train the synthetic ImageNet stand-in '
                           '(config.pretrain); aggregate: average the RegDB trial runs under '
-                          '--workdir.')
+                          '--workdir; embed: features of any images (--images, --modality, '
+                          '--out); search: rank a gallery for queries (--query, --gallery); '
+                          'export: the network as a jax.export artifact (docs/usage.md, '
+                          '"Using a trained model").')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', '', 'HOST:PORT of process 0 of a multi-process run (every process '
     'passes the same); empty: a single process, or found automatically under SLURM / Open MPI / '
@@ -46,6 +56,41 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process, 0..num_proce
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'heartbeat_timeout', 60, 'Seconds after which a silent process counts as dead and the '
     'others of a multi-process run stop too, instead of waiting for it.')
+# The inference modes (embed, search, export) read the run's config from --workdir: --config is
+# optional there, and compared with the run's as --mode eval compares it.
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'embed/search/export: the checkpoint '
+                                  'of --workdir: best, latest or a checkpoint folder.')
+_IMAGES = flags.DEFINE_list('images', [], 'embed: image files, folders (searched recursively '
+                            'for JPEG/PNG/BMP) or list files (one path per line), comma-separated.')
+_MODALITY = flags.DEFINE_string('modality', '', 'embed: visible or infrared, the camera of '
+                                '--images.')
+_OUT = flags.DEFINE_string('out', '', 'embed: the embeddings file (.npz); search: the folder of '
+                           'search.csv, ranklist.png, scores.json (default <workdir>/search); '
+                           'export: the artifact (default <workdir>/export/<kind>_epoch<n>'
+                           '.jaxexport).')
+_QUERY = flags.DEFINE_list('query', [], 'search: query images (files, folders, list files) or '
+                           'an embeddings file of --mode embed.')
+_QUERY_MODALITY = flags.DEFINE_string('query_modality', '', 'search: visible or infrared, the '
+                                      'camera of --query images.')
+_GALLERY = flags.DEFINE_list('gallery', [], 'search: gallery images or embeddings files.')
+_GALLERY_MODALITY = flags.DEFINE_string('gallery_modality', '', 'search: visible or infrared, '
+                                        'the camera of --gallery images.')
+_TOP_K = flags.DEFINE_integer('top_k', 10, 'search: gallery images listed per query.')
+_ID_PATTERN = flags.DEFINE_string(
+    'id_pattern', '', 'search: identities from the paths, to report Rank-k and mAP: sysu '
+    '(cam<c>/<pid>/...), market (<pid>_c<cam>...), folder (<pid>/<file>) or a regular expression '
+    'with a group (?P<pid>...) (and (?P<cam>...) for --id_rules sysu or llcm).')
+_ID_RULES = flags.DEFINE_string('id_rules', 'none', 'search: gallery images a query may not '
+                                'see when scoring: none, sysu (cam2 for cam3 queries) or llcm '
+                                '(its own identity and camera).')
+_FORCE = flags.DEFINE_bool('force', False, 'search: rank embeddings files of another checkpoint '
+                           'anyway.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'embed/search: images per device call (0: '
+                                   "the run's eval.batch_size).")
+_WORKERS = flags.DEFINE_integer('workers', 0, 'embed/search: image decoding threads (0: one per '
+                                'core).')
+_RANKLIST_QUERIES = flags.DEFINE_integer('ranklist_queries', 8, 'search: queries drawn in '
+                                         'ranklist.png (0: none).')
 _INIT_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300, 'Seconds to wait for every '
                                      'process of a multi-process run to connect.')
 
@@ -94,7 +139,7 @@ def main(argv):
     except FileNotFoundError as error:
       _fail(str(error))
     return
-  if config is None:
+  if config is None and mode not in _INFERENCE_MODES:
     _fail('--config is required, e.g. --config configs/demo.py')
   # Before anything else touches JAX: the processes of a multi-process run connect here.
   from vireid_jax.runtime import multihost  # pylint: disable=import-outside-toplevel
@@ -141,6 +186,10 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
   from vireid_jax.data import shared as shared_data
 
   console.line(f'vireid_jax: {multihost.describe()}')
+  if mode in _INFERENCE_MODES:
+    from vireid_jax.inference import cli
+    print(cli.run(mode, workdir, config, _inference_options(cli)), flush=True)
+    return
   config_lib.validate(config)
   if mode == 'prepare':
     prepared = shared_data.prepare_on_main(config.data)
@@ -173,6 +222,16 @@ def _run(mode: str, config, workdir: str, multihost) -> None:
       print(table)
 
 
+def _inference_options(cli):
+  return cli.Options(
+      checkpoint=_CHECKPOINT.value, images=_IMAGES.value, modality=_MODALITY.value,
+      out=_OUT.value, query=_QUERY.value, query_modality=_QUERY_MODALITY.value,
+      gallery=_GALLERY.value, gallery_modality=_GALLERY_MODALITY.value, top_k=_TOP_K.value,
+      id_pattern=_ID_PATTERN.value, id_rules=_ID_RULES.value, force=_FORCE.value,
+      batch_size=_BATCH_SIZE.value, workers=_WORKERS.value,
+      ranklist_queries=_RANKLIST_QUERIES.value)
+
+
 def _report(error: BaseException, multihost) -> int:
   """Prints one line for `error` (a traceback only with --verbosity >= 1); the exit code."""
   # pylint: disable=import-outside-toplevel
@@ -182,6 +241,7 @@ def _report(error: BaseException, multihost) -> int:
   from vireid_jax import config as config_lib
   from vireid_jax.runtime import console
   from vireid_jax import data as data_lib
+  from vireid_jax.inference import errors as inference_errors
   from vireid_jax import methods
   from vireid_jax.runtime import run_lock
   from vireid_jax import train as train_lib
@@ -191,7 +251,8 @@ def _report(error: BaseException, multihost) -> int:
   known = (config_lib.ConfigError, data_lib.DatasetError, weights_lib.WeightsMismatchError,
            weights_lib.WeightsFileError, imagenet.WeightsUnavailable, ImportError,
            train_lib.TrainingDiverged, train_lib.NoClustersStop, checkpoint.CheckpointError,
-           methods.MethodStop, run_lock.WorkdirLocked, FileNotFoundError, OSError)
+           methods.MethodStop, run_lock.WorkdirLocked, FileNotFoundError, OSError,
+           inference_errors.InferenceError)
   peer_lost = (isinstance(error, jax.errors.JaxRuntimeError) and
                multihost.is_peer_lost(error))
   if peer_lost or isinstance(error, (train_lib.RunStopped, KeyboardInterrupt,

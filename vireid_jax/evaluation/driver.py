@@ -113,7 +113,11 @@ def evaluated_variables(config: ml_collections.ConfigDict, method, epoch: int, s
 
 def restore_variables(config, model, workdir: str, mesh, which: str) -> tuple[dict, dict]:
   """(variables, record) of checkpoint `which`: 'best', 'latest' or a checkpoint folder; the
-  variables of the network the method evaluates (`evaluated_variables`)."""
+  variables of the network the method evaluates (`evaluated_variables`).
+
+  The one way to the variables a checkpoint evaluates: `--mode eval` and the inference code
+  (vireid_jax/inference/) both call it, so which network a checkpoint stands for is decided
+  here alone."""
   from vireid_jax import methods  # pylint: disable=import-outside-toplevel
   abstract = train_state.abstract_train_state(config, model, mesh)
   if which in (checkpoint.BEST, checkpoint.LATEST):
