@@ -42,12 +42,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
   group.add_argument('--instances', type=int, default=None,
                      help="images per cluster (the method's: MBCCM 12, PGM 16)")
   group.add_argument('--visible-images', type=int, default=None,
-                     help="PGM: visible images per step (its paper's 128, each giving 2 views)")
+                     help="PGM / PCLHD: visible images per step (their papers' 128, each "
+                          "giving 2 views)")
   group.add_argument('--infrared-images', type=int, default=None,
-                     help="PGM: infrared images per step (its paper's 256)")
-  parser.add_argument('--method', choices=('mbccm', 'cluster_contrast', 'pgm'), default='mbccm',
+                     help="PGM / PCLHD: infrared images per step (PGM's 256, PCLHD's 128)")
+  parser.add_argument('--method', choices=('mbccm', 'cluster_contrast', 'pgm', 'pclhd'),
+                      default='mbccm',
                       help="the method whose step runs, at its paper's settings (PGM: "
-                           "vireid_jax/methods/pgm/config.py)")
+                           "vireid_jax/methods/pgm/config.py, PCLHD: methods/pclhd/config.py)")
   group.add_argument('--width', type=int, default=64, help='stem channels (64: ResNet-50)')
   group.add_argument('--block', choices=('bottleneck', 'basic'), default='bottleneck')
   group.add_argument('--stage-sizes', type=int, nargs=4, default=(3, 4, 6, 3),
@@ -64,9 +66,17 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 def make_config(args: argparse.Namespace):
   """The method's paper config with the sizes of the flags; everything else stays the paper's."""
   from vireid_jax.methods.mbccm import config as mbccm_config
-  if getattr(args, 'method', 'mbccm') == 'pgm':
-    from vireid_jax.methods.pgm import config as pgm_config
-    config = pgm_config.pgm_config('sysu')
+  method = getattr(args, 'method', 'mbccm')
+  if method in ('pgm', 'pclhd'):
+    if method == 'pgm':
+      from vireid_jax.methods.pgm import config as pgm_config
+      config = pgm_config.pgm_config('sysu')
+    else:
+      from vireid_jax.methods.pclhd import config as pclhd_config
+      config = pclhd_config.pclhd_config('sysu')
+      if args.visible_images is not None:
+        config.sampler.visible_images_stage1 = args.visible_images
+      config.pclhd.dynamic_instances = 2  # the instance tables' size does not change the step
     if args.visible_images is not None:
       config.sampler.visible_images = args.visible_images
     if args.infrared_images is not None:
@@ -390,12 +400,19 @@ def method_plan(config, clusters, epoch: int, train_sets=None):
 
 
 def method_memories(config, clusters, schedule, mesh):
-  """The configured method's memories of the epoch, replicated on `mesh` (as the trainer)."""
+  """The configured method's memories of the epoch, replicated on `mesh` (as the trainer; the
+  hooks that ask for the epoch's features get each image's cluster centre)."""
   import jax
   from vireid_jax import methods
   from vireid_jax.runtime import sharding
-  memories = methods.for_config(config).build_memories(config, schedule, clusters,
-                                                       clusters.association)
+  features = methods.EpochFeatures(
+      *(2 * (clusters.visible_centers[clusters.visible_labels],
+             clusters.infrared_centers[clusters.infrared_labels])))
+  features = features._replace(eval_visible=features.visible, eval_infrared=features.infrared)
+  memories = methods.call_with_extras(
+      methods.for_config(config).build_memories, config, schedule, clusters,
+      clusters.association, previous=None, features=features,
+      rng=np.random.default_rng([config.seed, schedule.epoch, 1]))
   return sharding.put_replicated(jax.device_get(memories), mesh)
 
 
@@ -423,6 +440,12 @@ def synthetic_clusters(num_visible: int, num_infrared: int, visible_clusters: in
       visible_labels=np.arange(num_visible) % visible_clusters,
       infrared_labels=np.arange(num_infrared) % infrared_clusters,
       visible_centers=visible_centers, infrared_centers=infrared_centers)
+  # A joint clustering for the methods that cluster both modalities together (PCLHD): cluster
+  # i mod K of both modalities, K the smaller side's count, every joint cluster mixed.
+  joint = min(visible_clusters, infrared_clusters)
+  clusters.joint_labels = np.concatenate([np.arange(num_visible) % joint,
+                                          np.arange(num_infrared) % joint])
+  clusters.joint_centers = unit_rows(joint)
   if config is not None:
     associate(config, clusters, first_epoch_of_stage(config, 2))
   return clusters

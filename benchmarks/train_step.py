@@ -2,6 +2,7 @@
 
   python benchmarks/train_step.py                      # the paper's batch: 12 x 12 per modality
   python benchmarks/train_step.py --method pgm         # PGM's: 128 visible (x2 views) + 256
+  python benchmarks/train_step.py --method pclhd --stage 2   # both updates and the teacher
   python benchmarks/train_step.py --stage 2 --profile /tmp/trace   # also a jax.profiler trace
   python benchmarks/train_step.py --compile-only       # XLA's memory plan only (any backend)
   python benchmarks/train_step.py --stage 2 --linear-transform-loop fixed \
@@ -97,15 +98,17 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   schedule, plan = common.method_plan(config, clusters, epoch)
   memories = common.method_memories(config, clusters, schedule, mesh)
   label_repeats = train_state.step_label_repeats(config, plan)  # as the trainer compiles it
-  step_fn = train_state.make_train_step(model, config, mesh, schedule.phase,
-                                        images_on_device=on_device, label_repeats=label_repeats)
+  plan = methods.as_plan(plan)
+  step_fn = train_state.make_train_step(
+      model, config, mesh, schedule.phase, images_on_device=on_device,
+      label_repeats=label_repeats, modalities=plan.modalities)
   if on_device:
     resident = {modality: sharding.put_replicated(images, mesh)
                 for modality, images in zip(('visible', 'infrared'), host_images)}
     batches = lambda: iter(lambda: resident, None)  # the same arrays every step
   else:
     batches = lambda: host_feed.step_batches(dict(zip(('visible', 'infrared'), host_images)),
-                                             methods.as_plan(plan), mesh)
+                                             plan, mesh)
   name = f'train_step/stage{stage}' + ('' if on_device else '/host_fed')
 
   def inputs_at_state():  # the epoch starts where the state stands, as in the trainer

@@ -384,5 +384,7 @@ def color_jitter(rng: jax.Array, image: jax.Array, brightness: float = 0.5,
   Returns:
     (H, W, 3) uint8.
   """
+  if brightness == contrast == saturation == hue == 0:  # torchvision skips every operation
+    return image
   order, factors = jitter_params(rng, brightness, contrast, saturation, hue)
   return apply_jitter(image, order, factors, hue_enabled=hue > 0)
