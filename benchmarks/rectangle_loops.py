@@ -54,6 +54,7 @@ def main(argv=None) -> list[dict]:
   import jax
   import numpy as np
   from vireid_jax import augment
+  from vireid_jax import config as config_lib
   from vireid_jax.methods.mbccm import views as mbccm_views
   from vireid_jax.runtime import xla_loops
 
@@ -62,7 +63,8 @@ def main(argv=None) -> list[dict]:
     base = dataclasses.replace(base, linear_transform_first_phase=args.first_phase)
   if args.straggler_slots is not None:
     base = dataclasses.replace(base, linear_transform_straggler_slots=args.straggler_slots)
-  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  data = config_lib.base_config().data
+  mean, std = tuple(data.mean), tuple(data.std)
   images = jax.device_put(common.random_images(args.batch, *args.image_size, seed=args.seed))
   keys = jax.random.split(jax.random.PRNGKey(args.seed), args.batch)
   context = dict(common.device_description(), precision='float32', batch=args.batch,

@@ -99,9 +99,8 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   memories = common.method_memories(config, clusters, schedule, mesh)
   label_repeats = train_state.step_label_repeats(config, plan)  # as the trainer compiles it
   plan = methods.as_plan(plan)
-  step_fn = train_state.make_train_step(
-      model, config, mesh, schedule.phase, images_on_device=on_device,
-      label_repeats=label_repeats, modalities=plan.modalities)
+  step_fn = train_state.make_train_step(model, config, mesh, schedule.phase,
+                                        images_on_device=on_device, label_repeats=label_repeats)
   if on_device:
     resident = {modality: sharding.put_replicated(images, mesh)
                 for modality, images in zip(('visible', 'infrared'), host_images)}
@@ -125,7 +124,8 @@ def measure_stage(stage: int, where: str, args, config, mesh, model, state, clus
   if batch.visible_images == batch.infrared_images:  # MBCCM's paired positions
     context['pairs'] = batch.visible_images
   records = [common.emit({'what': f'{name}/compile', 'seconds': compile_s,
-                          'label_repeats': label_repeats,
+                          'label_repeats': (None if label_repeats is None
+                                            else dict(label_repeats.counts)),
                           **xla_loops.host_predicates(compiled.as_text()),
                           **common.memory_analysis_mb(compiled)}, context)]
   if args.compile_only:

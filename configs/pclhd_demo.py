@@ -24,7 +24,7 @@ settings except what a 2-core CPU needs (docs/pclhd.md, "The demo"):
     20/16 and 0.6, 7 (0.77) at 20/16 and 0.5, 12 (0.45) at 30/24 and 0.5; fewer than a joint
     batch's clusters stop the run where the authors' loader does;
   * augment.pad = 2 and learning rate 1e-3 decayed at stage epoch 10, as the other demos.
-What it reaches, as means over training seeds: docs/pclhd.md ("The demo").
+What it reaches, as means over training seeds: docs/pclhd.md, "The demo".
 """
 
 from vireid_jax.methods.pclhd import config as pclhd_config

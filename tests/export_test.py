@@ -20,6 +20,7 @@ from vireid_jax.runtime import sharding
 from vireid_jax import train_state
 from vireid_jax.clustering import epoch as epoch_clustering
 from vireid_jax.data.types import INFRARED, VISIBLE, ImageSet
+from vireid_jax.methods.pclhd import config as pclhd_config
 from vireid_jax.methods.pgm import config as pgm_config
 from vireid_jax.methods.mbccm import config as mbccm_config
 
@@ -35,6 +36,11 @@ def tiny_config(method: str):
   if method == 'pgm':  # PGM's settings add their own fields (methods/pgm/config.py)
     config = pgm_config.pgm_config('sysu')
     config.sampler.visible_images, config.sampler.infrared_images = 8, 16
+  elif method == 'pclhd':
+    config = pclhd_config.pclhd_config('sysu')
+    config.sampler.visible_images = config.sampler.visible_images_stage1 = 8
+    config.sampler.infrared_images = 8
+    config.pclhd.dynamic_instances = 2
   elif method == PROBE:  # a method outside the package, by its module path
     config = capability_method.probe_config()
   else:
@@ -86,11 +92,12 @@ def _epoch_inputs(method, config, schedule):
   sets = tuple(ImageSet(np.zeros((NUM_IMAGES, 0, 0, 3), np.uint8), labels, labels % 2,
                         np.array([''] * NUM_IMAGES), modality)
                for modality in (VISIBLE, INFRARED))
-  plan = method.plan_epoch(config, schedule, clusters, clusters.association, sets, rng)
+  plan = methods.as_plan(method.plan_epoch(config, schedule, clusters, clusters.association,
+                                           sets, rng))
   memories = jax.device_get(methods.call_with_extras(
       method.build_memories, config, schedule, clusters, clusters.association, previous=None,
       features=epoch_features, rng=rng))
-  return plan, memories
+  return plan, memories, dict(zip((VISIBLE, INFRARED), sets))
 
 
 def _assert_portable(exported: export.Exported, what: str) -> None:
@@ -113,13 +120,14 @@ def test_every_phase_of_every_method_lowers_for_tpu_and_cuda(method_name, images
   replicated = sharding.replicated(mesh)
   state = train_state.abstract_train_state(config, model, mesh)
   for schedule in _phases(method, config):
-    plan, memories = _epoch_inputs(method, config, schedule)
-    arrays = train_state.plan_arrays(methods.as_plan(plan))
+    plan, memories, sets = _epoch_inputs(method, config, schedule)
+    arrays = train_state.plan_arrays(plan, sets)
+    modalities = tuple(sorted(plan.modalities.items()))
     inputs = train_state.EpochInputs(plan=arrays, epoch=np.int32(0), first_step=np.int32(0),
-                                     lr_epoch=np.int32(0))
+                                     lr_epoch=np.int32(0), modalities=modalities)
     inputs = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
                                                             sharding=s),
-                          inputs, train_state.epoch_sharding(mesh, arrays))
+                          inputs, train_state.epoch_sharding(mesh, arrays, modalities))
     if images_on_device:
       images = {modality: jax.ShapeDtypeStruct((NUM_IMAGES, HEIGHT, WIDTH, 3), jnp.uint8,
                                                sharding=replicated)

@@ -245,7 +245,7 @@ def test_the_nearest_centre_example_of_the_docs_is_a_working_method_under_100_li
   config.nearest = {'weight': 0.5}
   config_lib.validate(config)
   schedule = method.schedule(config, 0)
-  plan, memories = export_test._epoch_inputs(method, config, schedule)  # pylint: disable=protected-access
+  plan, memories, _ = export_test._epoch_inputs(method, config, schedule)  # pylint: disable=protected-access
   assert memories['partner'].shape == (memories['tables'].infrared.shape[0],)
   model = models.build_model(config.model)
   mesh = sharding.make_mesh(jax.devices()[:1])

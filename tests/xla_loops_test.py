@@ -115,7 +115,7 @@ def test_every_phase_of_the_other_methods_has_no_host_read_loop(method_name):
   mesh = sharding.make_mesh(jax.devices()[:1])
   state = train_state.abstract_train_state(config, model, mesh)
   for schedule in _phases(method, config):
-    plan, memories = _epoch_inputs(method, config, schedule)
+    plan, memories, _ = _epoch_inputs(method, config, schedule)
     repeats = train_state.step_label_repeats(config, plan)
     step_fn = train_state.make_train_step(model, config, mesh, schedule.phase,
                                           label_repeats=repeats)

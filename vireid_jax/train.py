@@ -125,7 +125,7 @@ class Trainer:
       self.cluster_extract_fns = self.extract_fns
     else:
       self.cluster_extract_fns = extract_lib.for_config(self.model, config, clustering=True)
-    self._step_fns = {}  # (phase, label_repeats, streams) -> jitted step, made when first needed
+    self._step_fns = {}  # (phase, label_repeats) -> jitted step, made when first needed
     self.history: list[dict] = []
     self.best = _fresh_best()
     self.start_epoch = 0
@@ -208,17 +208,14 @@ class Trainer:
         self.config, extract, self.test_visible, self.test_infrared, trials=trials)
     return results, evaluate_lib.shared_headline(self.config, results)
 
-  def step_fn(self, phase, label_repeats: train_state.LabelRepeats | None,
-              modalities: tuple = ()):
+  def step_fn(self, phase, label_repeats: train_state.LabelRepeats | None):
     """The jitted train step of the method's `phase` whose memory updates loop for
-    `label_repeats`, over plan streams of `modalities` ((stream, modality) pairs beyond
-    'visible' and 'infrared'); all static, made once per combination, a few per run."""
-    key = (phase, label_repeats, modalities)
+    `label_repeats` (both static; made once per pair, a few per run)."""
+    key = (phase, label_repeats)
     if key not in self._step_fns:
       self._step_fns[key] = train_state.make_train_step(
           self.model, self.config, self.mesh, phase, self.images_on_device,
-          step_fns=self.method.step_fns(self.config, phase, label_repeats),
-          modalities=dict(modalities))
+          step_fns=self.method.step_fns(self.config, phase, label_repeats))
     return self._step_fns[key]
 
   def _rng(self, epoch: int, hook: int) -> np.random.Generator:
@@ -300,10 +297,7 @@ class Trainer:
         previous=self.previous_memories, features=features, rng=self._rng(epoch, 1))
     memories = sharding.put_replicated(jax.device_get(memories), self.mesh)
     # One bound for the whole epoch (the plan is known): a few compiled steps per run.
-    modalities = tuple(sorted((s, plan.modality(s)) for s in plan.streams
-                              if s not in (VISIBLE, INFRARED)))
-    step_fn = self.step_fn(schedule.phase, train_state.step_label_repeats(config, plan),
-                           modalities)
+    step_fn = self.step_fn(schedule.phase, train_state.step_label_repeats(config, plan))
     steps = plan.steps
     if self.images_on_device:
       images = {VISIBLE: self.visible_images, INFRARED: self.infrared_images}

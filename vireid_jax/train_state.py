@@ -67,11 +67,14 @@ class EpochInputs:
       plan is `state.step - first_step`.
     lr_epoch: () int32, the epoch the learning-rate schedule reads (the method's
       `EpochSchedule.lr_epoch`: the run's epoch, or the epoch within a restarted stage).
+    modalities: ((stream, modality), ...) of the plan's streams not named after their
+      modality: static (part of the tree's structure, so a new set of streams retraces).
   """
   plan: Any
   epoch: jax.Array
   first_step: jax.Array
   lr_epoch: jax.Array
+  modalities: tuple = flax.struct.field(pytree_node=False, default=())
 
 
 def learning_rate(optim_cfg: ml_collections.ConfigDict, epoch):
@@ -171,13 +174,13 @@ def restart_optimizer(config: ml_collections.ConfigDict, state: TrainState,
   return state.replace(opt_state=opt_state)
 
 
-def epoch_sharding(mesh: Mesh, plan) -> EpochInputs:
+def epoch_sharding(mesh: Mesh, plan, modalities: tuple = ()) -> EpochInputs:
   """Shardings of `EpochInputs` for `plan`'s streams: every plan array split along its batch
   axis (axis 1), scalars replicated."""
   split = NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS))
   replicated = sharding.replicated(mesh)
   return EpochInputs(plan=jax.tree.map(lambda _: split, plan), epoch=replicated,
-                     first_step=replicated, lr_epoch=replicated)
+                     first_step=replicated, lr_epoch=replicated, modalities=modalities)
 
 
 def plan_arrays(plan: methods.Plan, train_sets: Optional[Mapping[str, Any]] = None) -> dict:
@@ -206,10 +209,12 @@ def put_epoch_inputs(plan, epoch: int, first_step: int, mesh: Mesh,
 
   `plan`: a methods.Plan or a sampling.EpochPlan; `lr_epoch` defaults to `epoch` (a run whose
   schedule never restarts); `train_sets` ({modality: ImageSet}) adds each stream's cameras."""
-  arrays = plan_arrays(methods.as_plan(plan), train_sets)
+  plan = methods.as_plan(plan)
+  arrays = plan_arrays(plan, train_sets)
   inputs = EpochInputs(plan=arrays, epoch=np.int32(epoch), first_step=np.int32(first_step),
-                       lr_epoch=np.int32(epoch if lr_epoch is None else lr_epoch))
-  return sharding.put_global(inputs, epoch_sharding(mesh, arrays))
+                       lr_epoch=np.int32(epoch if lr_epoch is None else lr_epoch),
+                       modalities=tuple(sorted(plan.modalities.items())))
+  return sharding.put_global(inputs, epoch_sharding(mesh, arrays, inputs.modalities))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,8 +271,7 @@ def _prefixed(metrics: Mapping[str, Any], name: str) -> dict:
 
 def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
                     images_on_device: bool = True, step_fns: methods.StepFns | None = None,
-                    label_repeats: Optional[LabelRepeats] = None,
-                    modalities: Optional[Mapping[str, str]] = None):
+                    label_repeats: Optional[LabelRepeats] = None):
   """The jitted train step of one phase of the configured method, sharded over `mesh`.
 
   With `images_on_device` the step is (state, memories, images {modality: (N,H,W,3) uint8},
@@ -290,13 +294,9 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
       rounds per copy of the labels, a trip count XLA knows. None: as many rounds as samples
       (always correct, slower). A step given a plan that exceeds it writes NaN rows into the
       memories (the next loss is NaN and the run stops).
-    modalities: {stream: modality} of the plan's streams beyond 'visible' and 'infrared' (the
-      plan's `modalities`).
   """
   if step_fns is None:
     step_fns = methods.for_config(config).step_fns(config, phase, label_repeats)
-  modalities = dict(modalities or {})
-  modality_of = lambda stream: modalities.get(stream, stream)
   tx = make_optimizer(config.optim)
   network = network_fn(model)
   optim_cfg = config.optim
@@ -315,7 +315,8 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
     row = lambda a: jax.lax.dynamic_index_in_dim(a, row_index, keepdims=False)
     batch = jax.tree.map(row, inputs.plan)
     if images_on_device:
-      stream_images = {stream: images[modality_of(stream)][arrays['index']]
+      modality_of = dict(inputs.modalities)
+      stream_images = {stream: images[modality_of.get(stream, stream)][arrays['index']]
                        for stream, arrays in batch.items()}
     else:
       stream_images = images
@@ -363,15 +364,10 @@ def make_train_step(model, config: ml_collections.ConfigDict, mesh: Mesh, phase,
 
   replicated = sharding.replicated(mesh)
   images = replicated if images_on_device else sharding.batch_sharded(mesh)
+  # The epoch's inputs keep the shardings `put_epoch_inputs` gave them (the plan split along
+  # its batch axis): their structure depends on the method's streams.
   return jax.jit(
       train_step,
-      in_shardings=(replicated, replicated, images, _epoch_in_sharding(mesh)),
+      in_shardings=(replicated, replicated, images, None),
       out_shardings=(replicated, replicated, replicated),
       donate_argnums=(0, 1))
-
-
-def _epoch_in_sharding(mesh: Mesh) -> EpochInputs:
-  """The plan split along its batch axis whatever its streams (a prefix sharding)."""
-  replicated = sharding.replicated(mesh)
-  return EpochInputs(plan=NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS)),
-                     epoch=replicated, first_step=replicated, lr_epoch=replicated)

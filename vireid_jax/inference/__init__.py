@@ -14,7 +14,7 @@
                 vireid_jax.Model, vireid_jax.search, vireid_jax.load_embeddings
   cli.py        --mode embed / search / export of main.py
 
-docs/usage.md ("Using a trained model") shows the commands and the API.
+docs/usage.md, "Using a trained model" shows the commands and the API.
 """
 
 # Loaded on first use, so that `from vireid_jax.inference import errors` (main.py's error report)
