@@ -237,3 +237,27 @@ def test_train_step_script_measures_pgm_steps(run_script):
   for step in records[1::2]:
     assert_positive_finite(step, ['median_ms', 'images_per_s'])
     assert step['finite_losses'] is True
+
+
+def test_step_hlo_compare_sees_instructions_not_parameter_numbers(tmp_path):
+  """benchmarks/step_hlo.py: a renumbering of the entry parameters is the same program; a
+  changed instruction is not."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  'benchmarks'))
+  import step_hlo  # pylint: disable=import-outside-toplevel
+  header = 'HloModule jit_train_step, input_output_alias={ {0}: (0, {}, may-alias) }'
+  program = ['ENTRY %main (param.1: f32[4], param.2: s32[]) -> f32[4] {',
+             '  %param.1 = f32[4]{0} parameter(0), sharding={replicated}',
+             '  %param.2 = s32[]{:T(256)} parameter(1)',
+             '  ROOT %add = f32[4]{0} add(f32[4]{0} %param.1, f32[4]{0} %param.1)', '}']
+  renumbered = [program[0].replace('param.1: f32[4], param.2: s32[]', 'param.2: s32[], '
+                                   'param.1: f32[4]'),
+                program[1].replace('parameter(0)', 'parameter(7)'),
+                program[2].replace('parameter(1)', 'parameter(3)'), *program[3:]]
+  changed = program[:3] + [program[3].replace('add(', 'multiply(')] + program[4:]
+  for name, lines in (('before', program), ('same', renumbered), ('changed', changed)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'mbccm_1.hlo').write_text('\n'.join([header, 'FileNames', '1 "x.py"',
+                                                            *lines]))
+  assert step_hlo.compare(str(tmp_path / 'before'), str(tmp_path / 'same')) == 0
+  assert step_hlo.compare(str(tmp_path / 'before'), str(tmp_path / 'changed')) == 2
