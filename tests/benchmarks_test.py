@@ -97,7 +97,7 @@ def test_train_step_script_runs_the_loop_variants(run_script, tmp_path):
                                           'train_step/stage2/profile']
   compile_record, step, profile = records
   # by_rank with the plan's bound and the fixed rectangles: no loop the host must check.
-  assert min(compile_record['label_repeats']) >= 2  # (visible, infrared)
+  assert min(compile_record['label_repeats'].values()) >= 2  # {stream: bound}
   assert compile_record['unknown_trip_count_loops'] == 0
   for record in records:
     assert record['linear_transform_loop'] == 'fixed' and record['memory_update'] == 'by_rank'

@@ -72,8 +72,10 @@ def to_host(array: jax.Array) -> np.ndarray:
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str) -> None:
+  """A ConfigError (one line from main.py) unless `batch_size` splits over the mesh."""
   if batch_size % mesh.size:
-    raise ValueError(
+    from vireid_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+    raise ConfigError(
         f'{what} ({batch_size}) must be divisible by the number of devices ({mesh.size}, over '
         f'{jax.process_count()} process(es)): change the batch composition in the config or '
         f'run on fewer devices (e.g. CUDA_VISIBLE_DEVICES).')
