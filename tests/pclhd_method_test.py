@@ -313,6 +313,7 @@ TINY = {
     'sampler.steps_per_epoch': 2, 'schedule.epochs': 3, 'schedule.stage2_start': 1,
     'schedule.eval_from': 0, 'eval.batch_size': 64, 'augment.pad': 1, 'cluster.k1': 10,
     'cluster.k2': 3, 'pclhd.joint_k1': 12, 'pclhd.joint_k2': 9, 'pclhd.dynamic_instances': 2,
+    'sampler.joint_visible_images': 8, 'sampler.joint_infrared_images': 8,
     'pretrain.num_ids': 4, 'pretrain.images_per_id': 2, 'pretrain.epochs': 1,
     'pretrain.batch_size': 8, 'eval.at_start': False,
 }
