@@ -117,6 +117,13 @@ def base_config() -> ml_collections.ConfigDict:
   # (features as given, true squared L2 as faiss IndexFlatL2, weights from raw dot products;
   # PGM's compute_jaccard_distance(search_option=3) on its non-unit features, FR:58-85).
   config.cluster.rank_by = 'dot'
+  # The order the images of a modality are clustered in (DBSCAN's border points go to the
+  # cluster that reaches them first, and clusters are numbered in that order): 'reader', the
+  # dataset reader's (identity, camera, file; PGM's sorted Market-style names give the same)
+  # | 'path', sorted by the path relative to the dataset root, as MBCCM's dbscan_cluster sorts
+  # its training list (train_mbccm.py:79; the raw SYSU-MM01 layout's camX/<id>/<file>: camera
+  # first).
+  config.cluster.order = 'reader'
   # Cluster centres: the members' mean, L2-normalised (MBCCM), or the plain mean (PGM, whose
   # memories and matching normalise it themselves, TS:482-503).
   config.cluster.normalize_centers = True
@@ -229,6 +236,7 @@ _CHOICES = {
     'memory.update_method': ('auto', 'sequential', 'by_rank'),
     'cluster.on_no_clusters': ('stop', 'skip'),
     'cluster.rank_by': ('dot', 'l2'),
+    'cluster.order': ('reader', 'path'),
     'eval.sysu_mode': ('all', 'indoor'),
     'eval.llcm_setting': ('infrared_to_visible', 'visible_to_infrared'),
     'eval.select_by': ('mAP', 'rank1'),

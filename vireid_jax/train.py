@@ -254,7 +254,8 @@ class Trainer:
     try:
       clusters = epoch_clustering.shared_cluster_epoch(
           config, features.visible, features.infrared, *pids, associate=associate,
-          method=self.method, refine=refine, schedule=schedule)
+          method=self.method, refine=refine, schedule=schedule,
+          paths=(self.train_visible.paths, self.train_infrared.paths))
     except clustering.NoClustersError as error:
       if config.cluster.on_no_clusters == 'stop':
         raise NoClustersStop(

@@ -82,14 +82,28 @@ def _joint_clusters(config, method: methods.Method, visible_features, infrared_f
   return labels, centers, stats
 
 
+def clustering_order(order: str, paths) -> Optional[np.ndarray]:
+  """The permutation that puts a modality's images in `config.cluster.order` (None: the
+  reader's own order). 'path' sorts by the path relative to the dataset root."""
+  if order == 'reader':
+    return None
+  if order == 'path':
+    if paths is None:
+      raise ValueError("config.cluster.order = 'path' needs the images' paths")
+    return np.argsort(np.asarray(paths).astype(str), kind='stable')
+  raise ValueError(f"config.cluster.order must be 'reader' or 'path', got {order!r}")
+
+
 def cluster_epoch(config, visible_features, infrared_features, visible_pids,
                   infrared_pids, method: Optional[methods.Method] = None,
-                  schedule: Optional[methods.EpochSchedule] = None) -> EpochClusters:
+                  schedule: Optional[methods.EpochSchedule] = None,
+                  paths=(None, None)) -> EpochClusters:
   """Jaccard + DBSCAN per modality (and jointly, when `method` asks for it in the epoch of
   `schedule`); raises NoClustersError.
 
   With `config.cluster.oracle` the true identities are the clusters (an upper bound for
-  studies).
+  studies). `paths` (visible, infrared): the images' paths, which `config.cluster.order =
+  'path'` clusters each modality in the order of; labels come back in the images' own order.
   """
   c = config.cluster
   spec = method.clustering if method is not None else methods.Clustering()
@@ -104,16 +118,24 @@ def cluster_epoch(config, visible_features, infrared_features, visible_pids,
     joint_labels, joint_centers, stats = _joint_clusters(
         config, method, visible_features, infrared_features, visible_pids, infrared_pids)
   labels, centers = {}, {}
-  for modality, features, pids in ((VISIBLE, visible_features, visible_pids),
-                                   (INFRARED, infrared_features, infrared_pids)):
+  for modality, features, pids, image_paths in (
+      (VISIBLE, visible_features, visible_pids, paths[0]),
+      (INFRARED, infrared_features, infrared_pids, paths[1])):
     if c.oracle:
       labels[modality] = np.unique(pids, return_inverse=True)[1]
       centers[modality] = cluster_centers(features, labels[modality],
                                           normalize=c.normalize_centers)
     elif spec.per_modality:
-      labels[modality], centers[modality] = cluster_features(
-          features, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, modality=modality,
+      order = clustering_order(c.order, image_paths)
+      ordered = features if order is None else np.asarray(features)[order]
+      ordered_labels, centers[modality] = cluster_features(
+          ordered, k1=c.k1, k2=c.k2, eps=c.eps, min_samples=c.min_samples, modality=modality,
           rank_by=c.rank_by, normalize_centers=c.normalize_centers)
+      if order is None:
+        labels[modality] = ordered_labels
+      else:
+        labels[modality] = np.empty_like(ordered_labels)
+        labels[modality][order] = ordered_labels
     else:  # the joint label space stands in for each modality's
       split = len(visible_features)
       labels[modality] = (joint_labels[:split] if modality == VISIBLE
@@ -133,11 +155,12 @@ def shared_cluster_epoch(config, visible_features, infrared_features, visible_pi
                          infrared_pids, associate: Optional[Associate] = None,
                          method: Optional[methods.Method] = None,
                          refine: Optional[Refine] = None,
-                         schedule: Optional[methods.EpochSchedule] = None) -> EpochClusters:
+                         schedule: Optional[methods.EpochSchedule] = None,
+                         paths=(None, None)) -> EpochClusters:
   """`cluster_epoch`, `refine` and `associate` on process 0, shared with every process (called
   by all).
 
-  Every process passes the same (gathered) features. `refine(clusters)` returns the clusters
+  Every process passes the same (gathered) features (and `paths`, see `cluster_epoch`). `refine(clusters)` returns the clusters
   the method trains on (relabelled, with `extra` arrays); `associate(clusters)` returns the
   method's (association arrays, diagnostics); its arrays land in `clusters.association`, its
   diagnostics after the clustering ones in `clusters.stats`. Raises NoClustersError or the
@@ -146,7 +169,7 @@ def shared_cluster_epoch(config, visible_features, infrared_features, visible_pi
 
   def on_main() -> EpochClusters:
     clusters = cluster_epoch(config, visible_features, infrared_features, visible_pids,
-                             infrared_pids, method=method, schedule=schedule)
+                             infrared_pids, method=method, schedule=schedule, paths=paths)
     if refine is not None:
       clusters = refine(clusters)
     if associate is not None:
