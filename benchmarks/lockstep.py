@@ -155,6 +155,12 @@ def main(argv=None) -> int:
     return 0
   started = time.time()
   if args.side == 'all':
+    marker = {'mbccm': 'train_mbccm.py', 'pgm': 'train_sysu.py'}[args.method]
+    if not any(marker in files for _, _, files in os.walk(args.reference)):
+      # Said before our side's minutes of training, not after them.
+      print(f"error: {args.reference}: no {marker} below it; fetch the authors' code "
+            f'(docs/verification.md, "Rerunning it")', file=sys.stderr)
+      return 2
     finished = (os.path.exists(os.path.join(args.out, 'ours', 'settings.json')) and
                 os.path.exists(os.path.join(args.out, 'ours', 'step_0000.npz')))
     if not (args.reuse_ours and finished):

@@ -291,3 +291,22 @@ def test_cluster_order_path_clusters_in_sorted_path_order():
   np.testing.assert_array_equal(got.visible_labels[order], ordered.visible_labels)
   np.testing.assert_array_equal(got.visible_centers, ordered.visible_centers)
   assert got.visible_labels.max() >= 1  # clusters were found
+
+
+def test_a_missing_reference_is_one_line_before_any_training(tmp_path):
+  """Without the authors' code below --reference the tool says so at once (exit 2), before our
+  side's minutes of training."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / 'clone' / 'sub').mkdir(parents=True)
+  (tmp_path / 'clone' / 'sub' / 'train_mbccm.py').write_text('')  # MBCCM's, not PGM's
+  result = subprocess.run(
+      [sys.executable, os.path.join(root, 'benchmarks', 'lockstep.py'), '--method', 'pgm',
+       '--reference', str(tmp_path / 'clone'), '--out', str(tmp_path / 'out')],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'no train_sysu.py below it' in lines[0], result.stderr
+  assert not (tmp_path / 'out' / 'ours').exists()
