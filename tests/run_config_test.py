@@ -85,6 +85,25 @@ def test_a_field_the_saved_config_lacks_counts_as_its_default():
   assert 'rerun with the config the run was started with' in message
 
 
+def test_a_field_added_with_a_new_behaviour_counts_as_the_old_one(tmp_path):
+  """An MBCCM workdir from before cluster.order clustered in the reader's order: resuming it
+  with today's default ('path') is refused in one line that names the flag bringing it back."""
+  workdir = str(tmp_path / 'run')
+  saved = parse_flags()
+  assert saved.cluster.order == 'path'  # MBCCM's default
+  saved_json = as_json(saved)
+  del saved_json['cluster']['order']  # written before the field existed
+  base = as_json(config_lib.base_config())
+  assert run_config.differences(saved_json, as_json(saved), base) == [
+      ('cluster.order', 'reader', 'path')]
+  checkpoint.save(workdir, checkpoint.LATEST, 1, {'w': np.zeros((2, 3), np.float32)},
+                  {'epoch': 1, 'config': json.dumps(saved_json)})
+  with pytest.raises(run_config.WorkdirConfigMismatch) as error:
+    run_config.check_workdir_config(parse_flags(), workdir)
+  assert "--config.cluster.order=reader" in str(error.value)
+  run_config.check_workdir_config(parse_flags('--config.cluster.order=reader'), workdir)
+
+
 def test_the_suggested_flags_bring_the_saved_config_back(tmp_path):
   workdir = str(tmp_path / 'run')
   # Trained with overrides, then run again without them.

@@ -87,6 +87,12 @@ EVAL_COMPARED = (
     'data.trial',
 )
 
+# Fields added with a default other than what the code did before them: a config.json that
+# lacks one was trained with this value, not with today's default.
+ABSENT_MEANS = {
+    'cluster.order': 'reader',  # MBCCM clusters in path order since 2026-12-07
+}
+
 MAX_LISTED = 6  # differing fields named in the message; the rest are counted
 MAX_VALUE_CHARS = 40
 
@@ -134,8 +140,8 @@ def differences(saved: dict, current: dict, defaults: dict, mode: str = 'train'
     mode: 'train' compares every field but FREE; 'eval' only EVAL_COMPARED but FREE.
 
   Returns:
-    The differing fields in the order of `current`; a field `saved` lacks whose current value
-    is not its default is given with the saved value `MISSING`.
+    The differing fields in the order of `current`; a field `saved` lacks is compared as
+    `ABSENT_MEANS` or `defaults` give it (else with the saved value `MISSING`).
   """
   saved, current, defaults = _flatten(saved), _flatten(current), _flatten(defaults)
   found = []
@@ -144,6 +150,8 @@ def differences(saved: dict, current: dict, defaults: dict, mode: str = 'train'
       continue
     if field in saved:
       before = saved[field]
+    elif field in ABSENT_MEANS:
+      before = ABSENT_MEANS[field]
     elif field in defaults:
       before = defaults[field]
     else:

@@ -29,6 +29,11 @@ def mbccm_config(dataset: str = 'sysu') -> ml_collections.ConfigDict:
   config.method = 'mbccm'
   config.data.dataset = dataset
   config.cluster.eps = d['eps']
+  # Each modality is clustered in the order of its training list sorted by path, as
+  # dbscan_cluster's `sorted(trainset)` (train_mbccm.py:79-80): on SYSU-MM01's raw layout
+  # camX/<id>/<file>, camera first. DBSCAN's border points and the cluster numbering (which the
+  # sampler draws by) follow it.
+  config.cluster.order = 'path'
 
   # --- cluster memories (M_v, M_i, M_vi, M_iv) ---
   config.memory.temperature = 0.05  # logits = normalise(f) . M^T / 0.05
