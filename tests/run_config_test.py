@@ -104,6 +104,18 @@ def test_a_field_added_with_a_new_behaviour_counts_as_the_old_one(tmp_path):
   run_config.check_workdir_config(parse_flags('--config.cluster.order=reader'), workdir)
 
 
+def test_a_run_from_before_the_two_pass_neck_resumes_only_as_it_trained_and_evaluates_as_is():
+  base = as_json(config_lib.base_config())
+  saved = as_json(config_lib.base_config())
+  del saved['model']['neck_two_pass']  # written before the field existed: one pass
+  current = as_json(config_lib.base_config())
+  assert run_config.differences(saved, current, base) == [('model.neck_two_pass', False, True)]
+  # Evaluation normalises with the saved running statistics: the form does not matter there.
+  assert run_config.differences(saved, current, base, mode='eval') == []
+  current['model']['neck_two_pass'] = False
+  assert run_config.differences(saved, current, base) == []
+
+
 def test_the_suggested_flags_bring_the_saved_config_back(tmp_path):
   workdir = str(tmp_path / 'run')
   # Trained with overrides, then run again without them.

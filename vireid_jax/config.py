@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.gem_p = 3.0  # GeM pooling exponent, fixed
   config.model.gem_eps = 1e-12  # added inside the GeM mean before the 1/p root
   config.model.neck_init_std = 0.01  # BN-neck weight ~ N(1, 0.01), bias frozen at 0
+  # The neck's training variance in two passes, mean((x - mean)^2), as PyTorch's BatchNorm1d
+  # computes it; False: E[x^2] - E[x]^2 in one pass, which loses digits in float32 where the
+  # pooled features' means dwarf their spread (benchmarks/neck_variance.py).
+  config.model.neck_two_pass = True
   # Both stems start from the same weights, as in the paper (both load ImageNet). Without
   # pretrained weights this copies the visible stem's random init into the infrared stem, so
   # the two modalities start in one feature space and cross-modality matching means something.

@@ -364,6 +364,9 @@ class TwoStreamResNet(nn.Module):
     non_local: AGW's non-local blocks (`NonLocal`) in the trunk (PGM).
     non_local_blocks: non-local blocks in layer1..layer4 with `non_local` (AGW: (0, 2, 3, 0)),
       after the last blocks of each layer (`non_local_positions`).
+    neck_two_pass: the neck's training variance in two passes, mean((x - mean)^2), as PyTorch
+      computes it; False: one pass, E[x^2] - E[x]^2, which cancels in float32 where the pooled
+      features' means dwarf their spread (benchmarks/neck_variance.py).
   """
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   block: str = 'bottleneck'
@@ -376,6 +379,7 @@ class TwoStreamResNet(nn.Module):
   bn_groups: int = 1
   non_local: bool = False
   non_local_blocks: Sequence[int] = (0, 2, 3, 0)
+  neck_two_pass: bool = True
 
   def setup(self):
     if len(self.stage_sizes) != 4:
@@ -398,7 +402,7 @@ class TwoStreamResNet(nn.Module):
     self.layer1, self.layer2, self.layer3, self.layer4 = stages
     std = self.neck_init_std
     self.neck = BatchNorm(
-        use_bias=False, dtype=jnp.float32,
+        use_bias=False, dtype=jnp.float32, two_pass=self.neck_two_pass,
         scale_init=lambda key, shape, dtype: 1.0 + std * jax.random.normal(key, shape, dtype))
 
   @property
@@ -482,7 +486,8 @@ def build_model(model_cfg) -> TwoStreamResNet:
       dtype=compute_dtype(model_cfg.dtype),
       bn_groups=model_cfg.bn_groups,
       non_local=model_cfg.non_local,
-      non_local_blocks=tuple(model_cfg.non_local_blocks))
+      non_local_blocks=tuple(model_cfg.non_local_blocks),
+      neck_two_pass=model_cfg.neck_two_pass)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

@@ -91,7 +91,14 @@ EVAL_COMPARED = (
 # lacks one was trained with this value, not with today's default.
 ABSENT_MEANS = {
     'cluster.order': 'reader',  # MBCCM clusters in path order since 2026-12-07
+    'model.neck_two_pass': False,  # the neck's variance in two passes since 2026-12-07
 }
+
+# Compared when training, not by `--mode eval`: evaluation normalises with the running
+# statistics, which the training variance's form does not change once they are saved.
+EVAL_IGNORED = (
+    'model.neck_two_pass',
+)
 
 MAX_LISTED = 6  # differing fields named in the message; the rest are counted
 MAX_VALUE_CHARS = 40
@@ -146,7 +153,8 @@ def differences(saved: dict, current: dict, defaults: dict, mode: str = 'train'
   saved, current, defaults = _flatten(saved), _flatten(current), _flatten(defaults)
   found = []
   for field, value in current.items():
-    if _matches(field, FREE) or (mode == 'eval' and not _matches(field, EVAL_COMPARED)):
+    if _matches(field, FREE) or (mode == 'eval' and (not _matches(field, EVAL_COMPARED) or
+                                                     _matches(field, EVAL_IGNORED))):
       continue
     if field in saved:
       before = saved[field]
