@@ -91,6 +91,28 @@ def test_tables_and_associations_compare_through_the_renumbering():
   assert not compare.association_equal(mine, theirs_maps, maps)
 
 
+def test_until_all_extends_the_authors_two_rounds_and_nothing_else():
+  """PGM's 'until_all' against their two rounds: equal wherever theirs pairs a cluster; the
+  clusters theirs leaves without a partner (-1) are counted, any other departure is not."""
+  maps = {'visible': np.array([2, 0, 1, 3]), 'infrared': np.array([1, 0])}
+  v2i, i2v = np.array([1, 0, 0, 1]), np.array([1, 0])  # ours: every cluster has a partner
+  mine = {'association/visible_to_infrared': v2i, 'association/infrared_to_visible': i2v}
+  theirs_v2i = maps['infrared'][v2i]
+  theirs_v2i[3] = -1  # our visible cluster 3 (their 3): no partner after their two rounds
+  inv_v, inv_i = np.argsort(maps['visible']), np.argsort(maps['infrared'])
+  theirs = {'association/visible_to_infrared': theirs_v2i[inv_v],
+            'association/infrared_to_visible': maps['visible'][i2v][inv_i]}
+  assert not compare.association_equal(mine, theirs, maps)
+  assert compare.association_extends(mine, theirs, maps) == 1
+  other = dict(mine, **{'association/visible_to_infrared': np.array([0, 0, 0, 1])})
+  assert compare.association_extends(other, theirs, maps) is None  # a pair theirs makes, changed
+  row = compare.Row('epoch', 2, 2, 2)
+  row.flags.update(association=False, association_on_our_centres=True,
+                   association_unmatched_by_theirs=1, association_forced=True)
+  compare.judge([row], None)
+  assert row.passed and any('without a partner' in note for note in row.notes)
+
+
 def _step_row(index, **values):
   row = compare.Row('step', index, 0, 1)
   for q, v in values.items():

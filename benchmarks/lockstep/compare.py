@@ -147,6 +147,32 @@ def table_in_our_order(table, mapping) -> np.ndarray:
   return np.asarray(table)[mapping]
 
 
+def association_extends(ours: dict, theirs: dict, maps: dict) -> Optional[int]:
+  """PGM's maps: where theirs gives a cluster a partner, ours gives it the same one; returns how
+  many clusters theirs leaves without a partner (None where ours departs from theirs anywhere
+  else). This is `pgm.rounds='until_all'` against the authors' two rounds (docs/pgm.md,
+  "Reference quirks", 1): the same pairs, and partners for the clusters theirs leaves out."""
+  keys = ('association/visible_to_infrared', 'association/infrared_to_visible')
+  if not all(k in ours and k in theirs for k in keys):
+    return None
+  left = 0
+  for key, side, other_side in ((keys[0], 'visible', 'infrared'),
+                                (keys[1], 'infrared', 'visible')):
+    mine = np.asarray(ours[key], np.int64)
+    other = np.asarray(theirs[key], np.int64)
+    if other.shape != mine.shape:
+      return None
+    inverse = np.full(len(maps[other_side]), -1, np.int64)  # their cluster -> ours
+    inverse[maps[other_side]] = np.arange(len(maps[other_side]))
+    translated = other[maps[side]]
+    translated = np.where(translated >= 0, inverse[np.maximum(translated, 0)], -1)
+    paired = translated >= 0
+    if not np.array_equal(mine[paired], translated[paired]) or (mine[~paired] < 0).any():
+      return None
+    left += int((~paired).sum())
+  return left
+
+
 def association_equal(ours: dict, theirs: dict, maps: dict) -> Optional[bool]:
   """Whether the epoch's associations are the same cluster pairs (None: neither has one)."""
   if 'association/match_mask' in ours or 'association/match_mask' in theirs:
@@ -277,6 +303,8 @@ def compare_epoch(ours: dict, theirs: dict) -> Tuple[Row, dict]:
   row.flags['association_forced'] = bool(theirs.get('association_forced', False))
   if 'association_on_our_centres' in theirs:
     row.flags['association_on_our_centres'] = bool(theirs['association_on_our_centres'])
+    row.flags['association_unmatched_by_theirs'] = int(
+        theirs.get('association_unmatched_by_theirs', 0))
   mem = memory_diffs(ours, theirs, maps)
   if mem:
     value, where = _largest(mem)
@@ -449,10 +477,20 @@ def _judge_decisions(row: Row, yard: Optional[Row]) -> None:
       row.failures.append(f'{modality} partition differs ({summary}), with no pair near eps')
   if row.flags.get('association_on_our_centres') is False:
     row.failures.append('their matching of our centres is not our association')
+  elif row.flags.get('association_unmatched_by_theirs'):
+    row.notes.append(
+        f"their matching of our centres leaves {row.flags['association_unmatched_by_theirs']} "
+        f"clusters without a partner (their two rounds; their code dies with a KeyError when "
+        f"one is sampled); ours (pgm.rounds='until_all') equals theirs on every pair theirs "
+        f"makes and gives those clusters a partner")
   if row.flags.get('association') is False:
     forced = row.flags.get('association_forced')
     then = "; the reference continued from the project's" if forced else ''
-    if row.flags.get('association_on_our_centres'):
+    if row.flags.get('association_on_our_centres') and row.flags.get(
+        'association_unmatched_by_theirs'):
+      row.notes.append(f'association differs where their rounds leave clusters without a '
+                       f'partner (above){then}')
+    elif row.flags.get('association_on_our_centres'):
       row.notes.append('association differs, but their matching of our centres gives exactly '
                        f'ours: the centres decide, not the matching{then}')
     elif yard is not None and yard.flags.get('association') is False:

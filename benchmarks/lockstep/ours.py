@@ -92,7 +92,7 @@ def make_config(settings: RunSettings, data_root: str):
     # StepLR(step_size, 0.1) in each stage.
     longest = max(s.stage1_epochs, s.stage2_epochs)
     config.optim.lr_boundaries = tuple(range(s.lr_step, longest + 1, s.lr_step)) or (10**6,)
-    # train_sysu.py has no branch for more infrared than visible clusters (PGM.md quirk 2).
+    # train_sysu.py has no branch for more infrared than visible clusters (docs/pgm.md, "Reference quirks", 2).
     config.pgm.more_infrared = 'skip'
   config.seed = s.seed
   config.schedule.epochs = s.epochs

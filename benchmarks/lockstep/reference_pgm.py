@@ -261,8 +261,10 @@ def _patch(ts, trainers, ls: common.Lockstep, settings: RunSettings, dtype) -> N
                        [on_r2i.get(v, -1) for v in range(num_v)], np.int64),
                    'association/infrared_to_visible': np.array(
                        [on_i2r.get(i, -1) for i in range(num_i)], np.int64)}
-        record['association_on_our_centres'] = bool(
-            compare.association_equal(ours, on_ours, ls.maps))
+        equal = bool(compare.association_equal(ours, on_ours, ls.maps))
+        left = None if equal else compare.association_extends(ours, on_ours, ls.maps)
+        record['association_on_our_centres'] = equal or left is not None
+        record['association_unmatched_by_theirs'] = 0 if equal else (left or 0)
       i2r, r2i = _ours_if_different(ls, record, i2r, r2i)
     ls.sink.epoch(ls.epoch, record)
     ls.record = {}
