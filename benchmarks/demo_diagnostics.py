@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
   # Every visible training image is in the gallery; nothing is dropped (RegDB's rules).
   _, mean_ap, _ = evaluation.eval_regdb(-(fi @ fv.T), infrared.pids, visible.pids)
   out['train_ir_to_visible_mAP'] = 100 * mean_ap
-  epoch = epoch_clustering.cluster_epoch(config, fv, fi, visible.pids, infrared.pids)
+  epoch = epoch_clustering.cluster_epoch(config, fv, fi, visible.pids, infrared.pids,
+                                         paths=(visible.paths, infrared.paths))
   _, match_stats = mbccm_association.associate(config, None, epoch,
                                                (visible.pids, infrared.pids))
   epoch.stats.update(match_stats)

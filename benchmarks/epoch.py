@@ -81,6 +81,8 @@ def main(argv=None) -> list[dict]:
   from vireid_jax.data.types import INFRARED, VISIBLE
 
   config = common.make_config(args)
+  # Random images have no paths to sort by; the order costs nothing either way.
+  config.cluster.order = 'reader'
   if args.steps is not None:
     config.sampler.steps_per_epoch = args.steps
   steps = config.sampler.steps_per_epoch

@@ -15,8 +15,8 @@ exactly when every comparison passes (1 when one fails, 2 when a side could not 
 
 The reference side runs in its own process (their modules have generic names: model, utils,
 trainer, ...). Our side's per-step records (about 100 MB a step with the authors' ResNet-50) are
-deleted after the comparison unless --keep. docs/verification.md: what is compared, the
-tolerances, the patches, the results.
+deleted after the comparison unless --keep. What is compared, the tolerances, the patches and
+the results: docs/verification.md, "The runs".
 """
 
 import argparse

@@ -20,11 +20,11 @@ What is measured (a `Row` per compared epoch and step):
          bn_stats_max                  the largest difference of a single statistic tensor
          memories                      the largest difference of a memory table after the step
 
-How it is judged (`judge`): float32 rounding alone moves this network's numbers further than
-any fixed small tolerance allows (docs/verification.md: the authors' own code in float32
-against itself in float64, fed the same inputs, differs by about 1e-2 in single gradient
-tensors after one step, and Adam's first steps turn float32-noise-level gradient entries into
-parameter differences of up to twice the learning rate). So the yardstick is that run: the
+How it is judged (`judge`; docs/verification.md, "How it is judged"): float32 rounding alone
+moves this network's numbers further than any fixed small tolerance allows (the authors' own
+code in float32 against itself in float64, fed the same inputs, differs by about 1e-2 in
+single gradient tensors after one step, and Adam's first steps turn float32-noise-level
+gradient entries into parameter differences of up to twice the learning rate). So the yardstick is that run: the
 reference run a second time in float64. A quantity passes when
 
     ours vs their float32  <=  max(FACTOR x (their float32 vs their float64, the largest so far),

@@ -249,20 +249,22 @@ def _patch(ts, trainers, ls: common.Lockstep, settings: RunSettings, dtype) -> N
       record['association/infrared_to_visible'] = np.array(
           [i2r.get(i, -1) for i in range(num_i)], np.int64)
       # The decisive check: their matching statements on OUR centres (our memories as
-      # initialised: F.normalize of the centres, as theirs) must give our maps.
+      # initialised: F.normalize of the centres, as theirs), in OUR numbering, must give our
+      # maps. Our numbering, not theirs: their round 2 pairs the unmatched clusters by
+      # position (docs/pgm.md, "Reference quirks", 1), so which clusters it pairs follows the
+      # numbering, and the two sides' numberings may differ where their partitions agree.
       ours = ls.ours_epoch()
       if 'association/visible_to_infrared' in ours:
-        on_i2r, on_r2i = match(
-            common.tensor(common.in_their_numbering(ours['memories/visible'], ls.maps['visible']),
-                          dtype),
-            common.tensor(common.in_their_numbering(ours['memories/infrared'],
-                                                    ls.maps['infrared']), dtype))
+        on_i2r, on_r2i = match(common.tensor(ours['memories/visible'], dtype),
+                               common.tensor(ours['memories/infrared'], dtype))
+        ours_v, ours_i = len(ours['memories/visible']), len(ours['memories/infrared'])
         on_ours = {'association/visible_to_infrared': np.array(
-                       [on_r2i.get(v, -1) for v in range(num_v)], np.int64),
+                       [on_r2i.get(v, -1) for v in range(ours_v)], np.int64),
                    'association/infrared_to_visible': np.array(
-                       [on_i2r.get(i, -1) for i in range(num_i)], np.int64)}
-        equal = bool(compare.association_equal(ours, on_ours, ls.maps))
-        left = None if equal else compare.association_extends(ours, on_ours, ls.maps)
+                       [on_i2r.get(i, -1) for i in range(ours_i)], np.int64)}
+        identity = {'visible': np.arange(ours_v), 'infrared': np.arange(ours_i)}
+        equal = bool(compare.association_equal(ours, on_ours, identity))
+        left = None if equal else compare.association_extends(ours, on_ours, identity)
         record['association_on_our_centres'] = equal or left is not None
         record['association_unmatched_by_theirs'] = 0 if equal else (left or 0)
       i2r, r2i = _ours_if_different(ls, record, i2r, r2i)

@@ -160,8 +160,9 @@ def shared_cluster_epoch(config, visible_features, infrared_features, visible_pi
   """`cluster_epoch`, `refine` and `associate` on process 0, shared with every process (called
   by all).
 
-  Every process passes the same (gathered) features (and `paths`, see `cluster_epoch`). `refine(clusters)` returns the clusters
-  the method trains on (relabelled, with `extra` arrays); `associate(clusters)` returns the
+  Every process passes the same (gathered) features (and `paths`, see `cluster_epoch`).
+  `refine(clusters)` returns the clusters the method trains on (relabelled, with `extra`
+  arrays); `associate(clusters)` returns the
   method's (association arrays, diagnostics); its arrays land in `clusters.association`, its
   diagnostics after the clustering ones in `clusters.stats`. Raises NoClustersError or the
   method's MethodStop on every process when process 0 met one.
