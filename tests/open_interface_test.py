@@ -137,6 +137,7 @@ def test_joint_clusters_are_dbscan_of_the_methods_distance_over_both_modalities(
   infrared += 3.0 * rng.normal(size=(1, 16)).astype(np.float32)
   config = mbccm_config.mbccm_config()
   config.cluster.k1, config.cluster.k2, config.cluster.eps = 6, 2, 0.6
+  config.cluster.order = 'reader'  # blobs have no paths to sort by
   method = methods.load(PROBE)
   clusters = epoch_clustering.cluster_epoch(config, visible, infrared, visible_ids, infrared_ids,
                                             method=method)
