@@ -147,17 +147,15 @@ def table_in_our_order(table, mapping) -> np.ndarray:
   return np.asarray(table)[mapping]
 
 
-def association_extends(ours: dict, theirs: dict, maps: dict) -> Optional[int]:
-  """PGM's maps: where theirs gives a cluster a partner, ours gives it the same one; returns how
-  many clusters theirs leaves without a partner (None where ours departs from theirs anywhere
-  else). This is `pgm.rounds='until_all'` against the authors' two rounds (docs/pgm.md,
-  "Reference quirks", 1): the same pairs, and partners for the clusters theirs leaves out."""
-  keys = ('association/visible_to_infrared', 'association/infrared_to_visible')
-  if not all(k in ours and k in theirs for k in keys):
-    return None
-  left = 0
-  for key, side, other_side in ((keys[0], 'visible', 'infrared'),
-                                (keys[1], 'infrared', 'visible')):
+MAP_KEYS = ('association/visible_to_infrared', 'association/infrared_to_visible')
+
+
+def _maps_in_our_numbering(ours: dict, theirs: dict, maps: dict) -> Optional[list]:
+  """PGM's two maps as [(ours, theirs translated to our numbering)], -1 = no partner; None
+  where a shape differs."""
+  pairs = []
+  for key, side, other_side in ((MAP_KEYS[0], 'visible', 'infrared'),
+                                (MAP_KEYS[1], 'infrared', 'visible')):
     mine = np.asarray(ours[key], np.int64)
     other = np.asarray(theirs[key], np.int64)
     if other.shape != mine.shape:
@@ -165,7 +163,22 @@ def association_extends(ours: dict, theirs: dict, maps: dict) -> Optional[int]:
     inverse = np.full(len(maps[other_side]), -1, np.int64)  # their cluster -> ours
     inverse[maps[other_side]] = np.arange(len(maps[other_side]))
     translated = other[maps[side]]
-    translated = np.where(translated >= 0, inverse[np.maximum(translated, 0)], -1)
+    pairs.append((mine, np.where(translated >= 0, inverse[np.maximum(translated, 0)], -1)))
+  return pairs
+
+
+def association_extends(ours: dict, theirs: dict, maps: dict) -> Optional[int]:
+  """PGM's maps: where theirs gives a cluster a partner, ours gives it the same one; returns how
+  many clusters theirs leaves without a partner (None where ours departs from theirs anywhere
+  else). This is `pgm.rounds='until_all'` against the authors' two rounds (docs/pgm.md,
+  "Reference quirks", 1): the same pairs, and partners for the clusters theirs leaves out."""
+  if not all(k in ours and k in theirs for k in MAP_KEYS):
+    return None
+  pairs = _maps_in_our_numbering(ours, theirs, maps)
+  if pairs is None:
+    return None
+  left = 0
+  for mine, translated in pairs:
     paired = translated >= 0
     if not np.array_equal(mine[paired], translated[paired]) or (mine[~paired] < 0).any():
       return None
@@ -183,25 +196,13 @@ def association_equal(ours: dict, theirs: dict, maps: dict) -> Optional[bool]:
     if other.shape != mine.shape:
       return False
     return bool(np.array_equal(mine, other[np.ix_(maps['infrared'], maps['visible'])]))
-  keys = ('association/visible_to_infrared', 'association/infrared_to_visible')
-  present = [k in ours for k in keys] + [k in theirs for k in keys]
+  present = [k in ours for k in MAP_KEYS] + [k in theirs for k in MAP_KEYS]
   if not any(present):
     return None
   if not all(present):
     return False
-  for key, side, other_side in ((keys[0], 'visible', 'infrared'),
-                                (keys[1], 'infrared', 'visible')):
-    mine = np.asarray(ours[key], np.int64)
-    other = np.asarray(theirs[key], np.int64)
-    if other.shape != mine.shape:
-      return False
-    inverse = np.full(len(maps[other_side]), -1, np.int64)  # their cluster -> ours
-    inverse[maps[other_side]] = np.arange(len(maps[other_side]))
-    translated = other[maps[side]]
-    translated = np.where(translated >= 0, inverse[np.maximum(translated, 0)], -1)
-    if not np.array_equal(mine, translated):
-      return False
-  return True
+  pairs = _maps_in_our_numbering(ours, theirs, maps)
+  return pairs is not None and all(np.array_equal(m, t) for m, t in pairs)
 
 
 def memory_diffs(ours: dict, theirs: dict, maps: dict) -> dict:
