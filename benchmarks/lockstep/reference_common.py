@@ -95,6 +95,15 @@ class Lockstep:
     current = module.state_dict()
     return {name: current[name].detach().numpy().copy() for name in self.initial}
 
+  def finish_step(self, record: dict, tables) -> None:
+    """Adds the parameters, statistics and memory tables after the optimiser step to
+    `record` and reports it; `tables`: (our table name, their trainer's memory attribute)."""
+    record.update({f'state/{k}': v for k, v in self.state().items()})
+    for ours, theirs in tables:
+      record[f'memories/{ours}'] = getattr(self.trainer, theirs).features.numpy().copy()
+    self.sink.step(self.step, record)
+    self.step += 1
+
 
 def state_setup(model, initial: dict) -> None:
   """Their network starting from exactly our weights: what their constructor loads from the

@@ -226,14 +226,7 @@ def _patch(tm, trainer_module, ls: common.Lockstep, settings: RunSettings, dtype
               'loss/ma': value('loss_ma_rgb') + value('loss_ma_ir') if stage == 2 else 0.0,
               'loss/cc': value('loss_cc') if stage == 2 else 0.0}
 
-    def after(record):
-      record.update({f'state/{k}': v for k, v in ls.state().items()})
-      for ours, theirs in TABLES:
-        record[f'memories/{ours}'] = getattr(ls.trainer, theirs).features.numpy().copy()
-      ls.sink.step(ls.step, record)
-      ls.step += 1
-
-    common.record_steps(optimizer, before, after)
+    common.record_steps(optimizer, before, lambda record: ls.finish_step(record, TABLES))
     return optimizer
 
   def train(self, args, epoch, trainloader, optimizer):

@@ -291,14 +291,7 @@ def _patch(ts, trainers, ls: common.Lockstep, settings: RunSettings, dtype) -> N
                 'loss/infrared': value('loss_ir'), 'loss/visible': value('loss_rgb'),
                 'loss/cross': value('cross_loss'), 'loss/total': value('loss')}
 
-      def after(record):
-        record.update({f'state/{k}': v for k, v in ls.state().items()})
-        for ours, theirs in TABLES:
-          record[f'memories/{ours}'] = getattr(ls.trainer, theirs).features.numpy().copy()
-        ls.sink.step(ls.step, record)
-        ls.step += 1
-
-      common.record_steps(optimizer, before, after)
+      common.record_steps(optimizer, before, lambda record: ls.finish_step(record, TABLES))
       return optimizer
     return adam
 
